@@ -23,6 +23,8 @@ pub struct ModelPrice {
     pub aliases: Vec<String>,
     /// `YYYY-MM-DD` from which the price applies, when the catalogue says.
     pub effective: Option<String>,
+    /// A cheaper model of the same provider for small calls (right-sizing advice).
+    pub smaller: Option<String>,
     pub input: u64,
     pub output: u64,
     pub cache_read: u64,
@@ -41,6 +43,7 @@ struct TomlModel {
     #[serde(default)]
     aliases: Vec<String>,
     effective: Option<String>,
+    smaller: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +96,7 @@ pub fn parse_toml(text: &str, origin: &Path) -> Result<Vec<ModelPrice>, PricingE
                 .collect(),
             provider: model.provider.map(|p| p.to_ascii_lowercase()),
             effective: model.effective,
+            smaller: model.smaller.map(|m| m.trim().to_ascii_lowercase()),
             name,
             input,
             output,
@@ -155,6 +159,7 @@ fn litellm_entry(name: &str, entry: &serde_json::Value) -> Option<ModelPrice> {
         provider,
         aliases: Vec::new(),
         effective: None,
+        smaller: None,
         input,
         output,
         cache_read,

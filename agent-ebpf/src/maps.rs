@@ -1,0 +1,71 @@
+//! Maps and load-time globals shared by all programs.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+use tokenscope_common::{ConnState, Counter, Offsets, SslCall, COUNTER_COUNT, SCRATCH_SIZE};
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+#[map]
+pub static CONN_STATE: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+pub static SSL_ACTIVE: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16384, 0);
+
+#[map]
+pub static TLS_LINKED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
+#[map]
+pub static SCRATCH: PerCpuArray<[u8; SCRATCH_SIZE]> = PerCpuArray::with_max_entries(1, 0);
+
+#[unsafe(no_mangle)]
+static AGENT_TGID: u32 = 0;
+#[unsafe(no_mangle)]
+static FIRST_WINDOW: u64 = 8192;
+#[unsafe(no_mangle)]
+static CALL_CAP: u32 = 65536;
+#[unsafe(no_mangle)]
+static OFFSETS: Offsets = Offsets {
+    sk_family: 0,
+    sk_dport: 0,
+    sk_num: 0,
+    sk_daddr: 0,
+    sk_rcv_saddr: 0,
+    sk_v6_daddr: 0,
+    sk_v6_rcv_saddr: 0,
+    sk_type: 0,
+    task_real_parent: 0,
+    task_tgid: 0,
+};
+
+// Globals are patched by the loader; volatile reads stop the compiler from
+// folding in the defaults above.
+#[inline(always)]
+pub fn agent_tgid() -> u32 {
+    unsafe { core::ptr::read_volatile(&AGENT_TGID) }
+}
+#[inline(always)]
+pub fn first_window() -> u64 {
+    unsafe { core::ptr::read_volatile(&FIRST_WINDOW) }
+}
+#[inline(always)]
+pub fn call_cap() -> u32 {
+    unsafe { core::ptr::read_volatile(&CALL_CAP) }
+}
+#[inline(always)]
+pub fn offsets() -> Offsets {
+    unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+#[inline(always)]
+pub fn count(counter: Counter, n: u64) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        unsafe { *slot += n };
+    }
+}

@@ -1,0 +1,209 @@
+//! Socket payloads from the `sock_send_length` / `sock_recv_length` BTF
+//! tracepoints. They fire after each socket call with the byte count; the
+//! user buffer is found from the syscall's saved registers.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_task_pt_regs,
+    },
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use tokenscope_common::{
+    ConnEvent, ConnState, Counter, EventKind, TlsLinkEvent, Tuple, CONN_CLOSE, DIR_EGRESS,
+    DIR_INGRESS, FLAG_TRUNCATED, FLAG_UNREADABLE, SOURCE_SOCKET, VERDICT_MUTED,
+};
+
+use crate::{
+    emit::{admit, Event},
+    maps::{
+        agent_tgid, count, offsets, CONN_STATE, EVENTS, SSL_ACTIVE,
+        TLS_LINKED,
+    },
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const SOCK_STREAM: u16 = 1;
+const TCP_CLOSE: i32 = 7;
+
+// x86_64 `struct pt_regs` offsets of the syscall number and arguments.
+const REG_DX: usize = 96;
+const REG_SI: usize = 104;
+const REG_ORIG_AX: usize = 120;
+
+const SYS_READ: u64 = 0;
+const SYS_WRITE: u64 = 1;
+const SYS_READV: u64 = 19;
+const SYS_WRITEV: u64 = 20;
+const SYS_SENDTO: u64 = 44;
+const SYS_RECVFROM: u64 = 45;
+const SYS_SENDMSG: u64 = 46;
+const SYS_RECVMSG: u64 = 47;
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
+    on_sock_call(&ctx, DIR_EGRESS);
+    0
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
+    on_sock_call(&ctx, DIR_INGRESS);
+    0
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    let new_state: i32 = ctx.arg(2);
+    if new_state != TCP_CLOSE {
+        return 0;
+    }
+    let sk: u64 = ctx.arg(0);
+    // Only connections user space has seen data on are reported.
+    if unsafe { CONN_STATE.get(&sk) }.is_none() {
+        return 0;
+    }
+    let _ = CONN_STATE.remove(&sk);
+    if let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) {
+        let event = entry.as_mut_ptr();
+        unsafe {
+            (*event).kind = EventKind::Conn as u8;
+            (*event).what = CONN_CLOSE;
+            (*event)._pad = [0; 2];
+            (*event).pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            (*event).conn_id = sk;
+            (*event).ts_ns = bpf_ktime_get_ns();
+            (*event).tuple = read_tuple(sk);
+        }
+        entry.submit(0);
+    } else {
+        count(Counter::RingbufFull, 1);
+    }
+    0
+}
+
+#[inline(always)]
+fn read_kernel<T>(addr: u64) -> Option<T> {
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
+}
+
+#[inline(always)]
+fn read_tuple(sk: u64) -> Tuple {
+    let off = offsets();
+    let mut tuple = Tuple::default();
+    let family: u16 = read_kernel(sk + off.sk_family as u64).unwrap_or(0);
+    tuple.family = family;
+    tuple.sport = read_kernel::<u16>(sk + off.sk_num as u64).unwrap_or(0);
+    tuple.dport = u16::from_be(read_kernel::<u16>(sk + off.sk_dport as u64).unwrap_or(0));
+    if family == AF_INET {
+        let s: [u8; 4] = read_kernel(sk + off.sk_rcv_saddr as u64).unwrap_or([0; 4]);
+        let d: [u8; 4] = read_kernel(sk + off.sk_daddr as u64).unwrap_or([0; 4]);
+        tuple.saddr[10] = 0xff;
+        tuple.saddr[11] = 0xff;
+        tuple.daddr[10] = 0xff;
+        tuple.daddr[11] = 0xff;
+        tuple.saddr[12..16].copy_from_slice(&s);
+        tuple.daddr[12..16].copy_from_slice(&d);
+    } else {
+        tuple.saddr = read_kernel(sk + off.sk_v6_rcv_saddr as u64).unwrap_or([0; 16]);
+        tuple.daddr = read_kernel(sk + off.sk_v6_daddr as u64).unwrap_or([0; 16]);
+    }
+    tuple
+}
+
+#[inline(always)]
+fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
+    count(Counter::SocketCalls, 1);
+    let ret: i32 = ctx.arg(1);
+    if ret <= 0 {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 == agent_tgid() {
+        return;
+    }
+    let sk: u64 = ctx.arg(0);
+    let off = offsets();
+    let family: u16 = read_kernel(sk + off.sk_family as u64).unwrap_or(0);
+    if family != AF_INET && family != AF_INET6 {
+        return;
+    }
+    let sk_type: u16 = read_kernel(sk + off.sk_type as u64).unwrap_or(0);
+    if sk_type != SOCK_STREAM {
+        return;
+    }
+
+    // A socket call inside an SSL call carries ciphertext: link the two, skip the bytes.
+    if let Some(call) = unsafe { SSL_ACTIVE.get(&pid_tgid) } {
+        link_tls(call.ssl, sk);
+        return;
+    }
+
+    let call_len = ret as u32;
+    let Some(limit) = admit(sk, call_len) else {
+        return;
+    };
+
+    let tuple = read_tuple(sk);
+    let Some(event) = Event::begin(sk, dir, SOURCE_SOCKET, call_len, &tuple) else {
+        return;
+    };
+
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let nr: u64 = read_kernel(regs + REG_ORIG_AX as u64).unwrap_or(u64::MAX);
+    let arg1: u64 = read_kernel(regs + REG_SI as u64).unwrap_or(0);
+    let arg2: u64 = read_kernel(regs + REG_DX as u64).unwrap_or(0);
+    let sent = match nr {
+        SYS_READ | SYS_WRITE | SYS_SENDTO | SYS_RECVFROM => event.direct(arg1, limit),
+        SYS_READV | SYS_WRITEV => event.iovec(arg1, arg2, limit),
+        SYS_SENDMSG | SYS_RECVMSG => {
+            // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
+            let iov = unsafe { bpf_probe_read_user((arg1 + 16) as *const u64) }.unwrap_or(0);
+            let iovlen = unsafe { bpf_probe_read_user((arg1 + 24) as *const u64) }.unwrap_or(0);
+            event.iovec(iov, iovlen, limit)
+        }
+        _ => {
+            count(Counter::Unreadable, 1);
+            event.lost_from(0, FLAG_UNREADABLE);
+            return;
+        }
+    };
+    if sent < call_len {
+        count(Counter::Truncated, 1);
+        event.lost_from(sent, FLAG_TRUNCATED);
+    }
+}
+
+#[inline(always)]
+fn link_tls(ssl: u64, sk: u64) {
+    if let Some(linked) = unsafe { TLS_LINKED.get(&ssl) } {
+        if *linked == sk {
+            return;
+        }
+    }
+    let _ = TLS_LINKED.insert(&ssl, &sk, 0);
+    // The ciphertext socket itself is never captured.
+    let state = ConnState {
+        window_used: 0,
+        verdict: VERDICT_MUTED,
+        _pad: [0; 7],
+    };
+    let _ = CONN_STATE.insert(&sk, &state, 0);
+    if let Some(mut entry) = EVENTS.reserve::<TlsLinkEvent>(0) {
+        let event = entry.as_mut_ptr();
+        unsafe {
+            (*event).kind = EventKind::TlsLink as u8;
+            (*event)._pad = [0; 3];
+            (*event).pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            (*event).ssl = ssl;
+            (*event).sock = sk;
+            (*event).ts_ns = bpf_ktime_get_ns();
+            (*event).tuple = read_tuple(sk);
+        }
+        entry.submit(0);
+    } else {
+        count(Counter::RingbufFull, 1);
+    }
+}

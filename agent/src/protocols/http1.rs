@@ -1,0 +1,656 @@
+//! HTTP/1.1 (RFC 9112): heads with `httparse`, Content-Length, chunked and
+//! close-delimited bodies, keep-alive and pipelining. Stream ids count
+//! requests from 0; a response takes the id of the oldest unanswered request.
+
+use std::collections::VecDeque;
+
+use super::body::{BodyDecoder, BodyError};
+use super::event::{AbortReason, Direction, Header, HttpEvent, RequestHead, ResponseHead};
+use super::{abort, clean_authority, clean_path, header_text, is_credential_header, target_authority, Limits, ParseStats};
+
+const MAX_HEADERS: usize = 128;
+/// A chunk-size line (with extensions) longer than this is malformed.
+const MAX_CHUNK_LINE: usize = 1024;
+
+#[derive(Debug)]
+enum Framing {
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    SizeLine,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+struct BodyState {
+    stream: u64,
+    framing: Framing,
+    /// `None` once the message was aborted (or its coding is unsupported):
+    /// framing is still followed but nothing is emitted.
+    decoder: Option<BodyDecoder>,
+    /// False for a message whose events are not reported at all.
+    reported: bool,
+}
+
+enum State {
+    Head,
+    Body(BodyState),
+}
+
+struct Side {
+    /// Head bytes not yet complete, or the current chunk-size/trailer line.
+    buf: Vec<u8>,
+    trailer_bytes: usize,
+    state: State,
+    /// After a gap: skip bytes up to the next message start.
+    resync: bool,
+}
+
+impl Side {
+    fn new() -> Self {
+        Side {
+            buf: Vec::new(),
+            trailer_bytes: 0,
+            state: State::Head,
+            resync: false,
+        }
+    }
+}
+
+/// A request whose response is still due.
+struct Awaiting {
+    stream: u64,
+    head_method: bool,
+    connect: bool,
+    /// The request was aborted (gap): its response is parsed but not reported.
+    reported: bool,
+}
+
+pub struct Http1Parser {
+    limits: Limits,
+    client: Side,
+    server: Side,
+    next_stream: u64,
+    awaiting: VecDeque<Awaiting>,
+    /// Malformed input, protocol switch or close: nothing more is parsed.
+    stopped: bool,
+}
+
+enum Step {
+    /// Bytes consumed; keep going with the rest.
+    Consumed(usize),
+    /// All remaining input kept or consumed; wait for more.
+    Wait,
+    Stop,
+}
+
+impl Http1Parser {
+    pub fn new(limits: Limits) -> Self {
+        Http1Parser {
+            limits,
+            client: Side::new(),
+            server: Side::new(),
+            next_stream: 0,
+            awaiting: VecDeque::new(),
+            stopped: false,
+        }
+    }
+
+    pub fn feed(&mut self, dir: Direction, ts_ns: u64, data: &[u8], stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+        let mut input = data;
+        while !input.is_empty() && !self.stopped {
+            let step = match self.side(dir).state {
+                State::Head => self.feed_head(dir, ts_ns, input, stats, out),
+                State::Body(_) => self.feed_body(dir, ts_ns, input, stats, out),
+            };
+            match step {
+                Step::Consumed(n) => input = input.get(n..).unwrap_or_default(),
+                Step::Wait => break,
+                Step::Stop => {
+                    self.stop(ts_ns, AbortReason::Malformed, stats, out);
+                    break;
+                }
+            }
+        }
+    }
+
+    pub fn gap(&mut self, dir: Direction, ts_ns: u64, lost: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+        if self.stopped {
+            return;
+        }
+        let side = self.side_mut(dir);
+        side.buf.clear();
+        let mut aborted = None;
+        let mut resync = true;
+        if let State::Body(body) = &mut side.state {
+            if body.reported {
+                aborted = Some(body.stream);
+            }
+            body.reported = false;
+            // A Content-Length body keeps its framing across the hole.
+            if let Framing::Length(rem) = &mut body.framing {
+                if lost < *rem {
+                    *rem -= lost;
+                    resync = false;
+                }
+            }
+        }
+        if resync {
+            side.state = State::Head;
+            side.resync = true;
+        }
+        if let Some(stream) = aborted {
+            abort(stream, AbortReason::Gap, ts_ns, stats, out);
+            if dir == Direction::FromClient {
+                if let Some(a) = self.awaiting.iter_mut().find(|a| a.stream == stream) {
+                    a.reported = false;
+                }
+            }
+        }
+    }
+
+    pub fn close(&mut self, ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+        if self.stopped {
+            return;
+        }
+        if let State::Body(body) = &mut self.server.state {
+            if matches!(body.framing, Framing::UntilClose) {
+                finish_body(body, Direction::FromServer, ts_ns, stats, out);
+                self.server.state = State::Head;
+            }
+        }
+        self.stop(ts_ns, AbortReason::Closed, stats, out);
+    }
+
+    /// Ends parsing: every message still in flight is aborted with `reason`.
+    fn stop(&mut self, ts_ns: u64, reason: AbortReason, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+        if reason == AbortReason::Malformed {
+            stats.malformed += 1;
+        }
+        self.stopped = true;
+        let mut streams = Vec::new();
+        for side in [&mut self.client, &mut self.server] {
+            if let State::Body(body) = &side.state {
+                if body.reported {
+                    streams.push(body.stream);
+                }
+            }
+            side.state = State::Head;
+            side.buf = Vec::new();
+        }
+        for a in self.awaiting.drain(..) {
+            if a.reported && !streams.contains(&a.stream) {
+                streams.push(a.stream);
+            }
+        }
+        for stream in streams {
+            abort(stream, reason, ts_ns, stats, out);
+        }
+    }
+
+    fn side(&self, dir: Direction) -> &Side {
+        match dir {
+            Direction::FromClient => &self.client,
+            Direction::FromServer => &self.server,
+        }
+    }
+
+    fn side_mut(&mut self, dir: Direction) -> &mut Side {
+        match dir {
+            Direction::FromClient => &mut self.client,
+            Direction::FromServer => &mut self.server,
+        }
+    }
+
+    fn feed_head(&mut self, dir: Direction, ts_ns: u64, input: &[u8], stats: &mut ParseStats, out: &mut Vec<HttpEvent>) -> Step {
+        let max_head = self.limits.max_header_block;
+        let side = self.side_mut(dir);
+        let old_len = side.buf.len();
+        side.buf.extend_from_slice(input);
+        if side.resync {
+            match find_message_start(dir, &side.buf) {
+                Some(start) => {
+                    stats.bytes_skipped += start as u64;
+                    side.buf.drain(..start);
+                    side.resync = false;
+                    side.state = State::Head;
+                }
+                None => {
+                    // Keep a tail that may be the start of a split token.
+                    let keep = side.buf.len().min(8);
+                    let skip = side.buf.len() - keep;
+                    stats.bytes_skipped += skip as u64;
+                    side.buf.drain(..skip);
+                    return Step::Wait;
+                }
+            }
+            // Parse the resynchronised bytes as fresh input.
+            let rest = std::mem::take(&mut side.buf);
+            self.feed(dir, ts_ns, &rest, stats, out);
+            return Step::Consumed(input.len());
+        }
+        // Re-parse only once the end of a head may be present.
+        let search_from = old_len.saturating_sub(3);
+        let has_end = side
+            .buf
+            .get(search_from..)
+            .is_some_and(|tail| tail.windows(2).any(|w| w == b"\n\n" || w == b"\n\r") );
+        if !has_end {
+            if side.buf.len() > max_head {
+                stats.too_large += 1;
+                return self.too_large_head(ts_ns, stats, out);
+            }
+            return Step::Wait;
+        }
+        let buf = std::mem::take(&mut side.buf);
+        let parsed = match dir {
+            Direction::FromClient => self.parse_request(&buf, ts_ns, stats, out),
+            Direction::FromServer => self.parse_response(&buf, ts_ns, stats, out),
+        };
+        match parsed {
+            Parsed::Done(n) => Step::Consumed(n.saturating_sub(old_len)),
+            Parsed::Partial => {
+                if buf.len() > max_head {
+                    stats.too_large += 1;
+                    return self.too_large_head(ts_ns, stats, out);
+                }
+                self.side_mut(dir).buf = buf;
+                Step::Wait
+            }
+            Parsed::Malformed => Step::Stop,
+            Parsed::Switched => {
+                self.stopped = true;
+                Step::Wait
+            }
+        }
+    }
+
+    fn too_large_head(&mut self, ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) -> Step {
+        self.stop(ts_ns, AbortReason::TooLarge, stats, out);
+        Step::Wait
+    }
+
+    fn parse_request(&mut self, buf: &[u8], ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) -> Parsed {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let n = match req.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(_) => return Parsed::Malformed,
+        };
+        let (Some(method), Some(target)) = (req.method, req.path) else {
+            return Parsed::Malformed;
+        };
+        let Ok(framing) = body_framing(req.headers, false) else {
+            return Parsed::Malformed;
+        };
+        let framing = framing.unwrap_or(Framing::Length(0));
+        let (kept, host, encoding) = keep_headers(req.headers);
+        let authority = target_authority(target)
+            .map(str::to_string)
+            .or(host)
+            .map(|a| clean_authority(&a));
+        let stream = self.next_stream;
+        self.next_stream += 1;
+        if self.awaiting.len() >= self.limits.max_concurrent_streams {
+            // Pipelining this deep is not real traffic: forget the oldest.
+            if let Some(old) = self.awaiting.pop_front() {
+                stats.streams_dropped += 1;
+                if old.reported {
+                    abort(old.stream, AbortReason::TooLarge, ts_ns, stats, out);
+                }
+            }
+        }
+        self.awaiting.push_back(Awaiting {
+            stream,
+            head_method: method == "HEAD",
+            connect: method == "CONNECT",
+            reported: true,
+        });
+        out.push(HttpEvent::Request {
+            stream,
+            head: RequestHead {
+                method: method.to_string(),
+                path: clean_path(target),
+                authority,
+                headers: kept,
+            },
+            ts_ns,
+        });
+        self.start_body(Direction::FromClient, stream, framing, encoding.as_deref(), true, ts_ns, stats, out);
+        Parsed::Done(n)
+    }
+
+    fn parse_response(&mut self, buf: &[u8], ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) -> Parsed {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        let n = match resp.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(_) => return Parsed::Malformed,
+        };
+        let Some(status) = resp.code else {
+            return Parsed::Malformed;
+        };
+        if status == 101 {
+            return Parsed::Switched;
+        }
+        if (100..200).contains(&status) {
+            // Interim response: not reported; the final one follows.
+            return Parsed::Done(n);
+        }
+        let (stream, head_method, connect, reported) = match self.awaiting.pop_front() {
+            Some(a) => (a.stream, a.head_method, a.connect, a.reported),
+            None => {
+                // A response to a request we did not see (capture gap).
+                let s = self.next_stream;
+                self.next_stream += 1;
+                (s, false, false, true)
+            }
+        };
+        if connect && (200..300).contains(&status) {
+            return Parsed::Switched;
+        }
+        let no_body = head_method || status == 204 || status == 304;
+        let Ok(framing) = body_framing(resp.headers, true) else {
+            return Parsed::Malformed;
+        };
+        let framing = if no_body {
+            Framing::Length(0)
+        } else {
+            framing.unwrap_or(Framing::UntilClose)
+        };
+        let (kept, _, encoding) = keep_headers(resp.headers);
+        if reported {
+            out.push(HttpEvent::Response {
+                stream,
+                head: ResponseHead { status, headers: kept },
+                ts_ns,
+            });
+        }
+        self.start_body(Direction::FromServer, stream, framing, encoding.as_deref(), reported, ts_ns, stats, out);
+        Parsed::Done(n)
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "one call site per direction; a struct would only rename them")]
+    fn start_body(
+        &mut self,
+        dir: Direction,
+        stream: u64,
+        framing: Framing,
+        encoding: Option<&str>,
+        reported: bool,
+        ts_ns: u64,
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) {
+        let decoder = match BodyDecoder::new(encoding, &self.limits) {
+            Ok(d) => Some(d),
+            Err(_) => {
+                if reported {
+                    stats.unsupported_encoding += 1;
+                }
+                None
+            }
+        };
+        let mut body = BodyState {
+            stream,
+            framing,
+            decoder,
+            reported,
+        };
+        if matches!(body.framing, Framing::Length(0)) {
+            if reported {
+                finish_body(&mut body, dir, ts_ns, stats, out);
+            }
+            return;
+        }
+        self.side_mut(dir).state = State::Body(body);
+    }
+
+    fn feed_body(&mut self, dir: Direction, ts_ns: u64, input: &[u8], stats: &mut ParseStats, out: &mut Vec<HttpEvent>) -> Step {
+        let max_trailers = self.limits.max_header_block;
+        let side = self.side_mut(dir);
+        let State::Body(body) = &mut side.state else {
+            return Step::Consumed(0);
+        };
+        match &mut body.framing {
+            Framing::UntilClose => {
+                deliver(body, dir, input, ts_ns, stats, out);
+                Step::Consumed(input.len())
+            }
+            Framing::Length(rem) => {
+                let take = input.len().min(usize::try_from(*rem).unwrap_or(usize::MAX));
+                *rem -= take as u64;
+                let done = *rem == 0;
+                deliver(body, dir, input.get(..take).unwrap_or_default(), ts_ns, stats, out);
+                if done {
+                    finish_body(body, dir, ts_ns, stats, out);
+                    side.state = State::Head;
+                }
+                Step::Consumed(take)
+            }
+            Framing::Chunked(Chunk::Data(rem)) => {
+                let take = input.len().min(usize::try_from(*rem).unwrap_or(usize::MAX));
+                *rem -= take as u64;
+                if *rem == 0 {
+                    body.framing = Framing::Chunked(Chunk::DataEnd);
+                }
+                deliver(body, dir, input.get(..take).unwrap_or_default(), ts_ns, stats, out);
+                Step::Consumed(take)
+            }
+            Framing::Chunked(chunk) => {
+                // Line-oriented parts: size line, CRLF after data, trailers.
+                let Some(nl) = input.iter().position(|b| *b == b'\n') else {
+                    side.buf.extend_from_slice(input);
+                    let bound = if *chunk == Chunk::Trailers { max_trailers } else { MAX_CHUNK_LINE };
+                    if side.buf.len() + side.trailer_bytes > bound {
+                        return Step::Stop;
+                    }
+                    return Step::Wait;
+                };
+                side.buf.extend_from_slice(input.get(..nl).unwrap_or_default());
+                let mut line = std::mem::take(&mut side.buf);
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                match *chunk {
+                    Chunk::SizeLine => {
+                        let Some(size) = chunk_size(&line) else {
+                            return Step::Stop;
+                        };
+                        *chunk = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
+                        side.trailer_bytes = 0;
+                    }
+                    Chunk::DataEnd => {
+                        if !line.is_empty() {
+                            return Step::Stop;
+                        }
+                        *chunk = Chunk::SizeLine;
+                    }
+                    Chunk::Trailers => {
+                        if line.is_empty() {
+                            finish_body(body, dir, ts_ns, stats, out);
+                            side.state = State::Head;
+                        } else {
+                            side.trailer_bytes += line.len() + 2;
+                            if side.trailer_bytes > max_trailers {
+                                return Step::Stop;
+                            }
+                        }
+                    }
+                    Chunk::Data(_) => {}
+                }
+                Step::Consumed(nl + 1)
+            }
+        }
+    }
+}
+
+enum Parsed {
+    Done(usize),
+    Partial,
+    Malformed,
+    /// 101 Switching Protocols or a CONNECT tunnel: no longer HTTP/1.1.
+    Switched,
+}
+
+/// Sends decoded body bytes as an event, or aborts the message on error.
+fn deliver(body: &mut BodyState, dir: Direction, data: &[u8], ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+    if !body.reported || data.is_empty() {
+        return;
+    }
+    let Some(decoder) = &mut body.decoder else {
+        return;
+    };
+    match decoder.push(data) {
+        Ok(decoded) if decoded.is_empty() => {}
+        Ok(data) => out.push(body_event(dir, body.stream, data, ts_ns)),
+        Err(e) => fail_body(body, e, ts_ns, stats, out),
+    }
+}
+
+fn finish_body(body: &mut BodyState, dir: Direction, ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+    if !body.reported {
+        return;
+    }
+    if let Some(decoder) = &mut body.decoder {
+        match decoder.finish() {
+            Ok(rest) => {
+                if !rest.is_empty() {
+                    out.push(body_event(dir, body.stream, rest, ts_ns));
+                }
+            }
+            Err(e) => {
+                fail_body(body, e, ts_ns, stats, out);
+                return;
+            }
+        }
+    }
+    let stream = body.stream;
+    out.push(match dir {
+        Direction::FromClient => HttpEvent::RequestEnd { stream, ts_ns },
+        Direction::FromServer => HttpEvent::ResponseEnd { stream, ts_ns },
+    });
+}
+
+fn fail_body(body: &mut BodyState, e: BodyError, ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+    let reason = match e {
+        BodyError::TooLarge => {
+            stats.too_large += 1;
+            AbortReason::TooLarge
+        }
+        BodyError::Bomb => {
+            stats.decompression_bombs += 1;
+            AbortReason::TooLarge
+        }
+        BodyError::Corrupt => {
+            stats.malformed += 1;
+            AbortReason::Malformed
+        }
+    };
+    body.decoder = None;
+    body.reported = false;
+    abort(body.stream, reason, ts_ns, stats, out);
+}
+
+fn body_event(dir: Direction, stream: u64, data: bytes::Bytes, ts_ns: u64) -> HttpEvent {
+    match dir {
+        Direction::FromClient => HttpEvent::RequestBody { stream, data, ts_ns },
+        Direction::FromServer => HttpEvent::ResponseBody { stream, data, ts_ns },
+    }
+}
+
+/// Body framing from the headers (RFC 9112 §6.3): `Ok(None)` when neither
+/// Transfer-Encoding nor Content-Length is present.
+fn body_framing(headers: &[httparse::Header<'_>], response: bool) -> Result<Option<Framing>, ()> {
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut transfer_encoded = false;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoded = true;
+            let text = std::str::from_utf8(h.value).map_err(|_| ())?;
+            chunked = text
+                .rsplit(',')
+                .next()
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            let text = std::str::from_utf8(h.value).map_err(|_| ())?;
+            for part in text.split(',') {
+                let n: u64 = part.trim().parse().map_err(|_| ())?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(());
+                }
+                length = Some(n);
+            }
+        }
+    }
+    if transfer_encoded {
+        return match (chunked, response) {
+            (true, _) => Ok(Some(Framing::Chunked(Chunk::SizeLine))),
+            (false, true) => Ok(Some(Framing::UntilClose)),
+            (false, false) => Err(()),
+        };
+    }
+    Ok(length.map(Framing::Length))
+}
+
+/// Headers to report (credentials dropped, names lower-case), the `Host`
+/// value and the `Content-Encoding` value.
+fn keep_headers(headers: &[httparse::Header<'_>]) -> (Vec<Header>, Option<String>, Option<String>) {
+    let mut kept = Vec::with_capacity(headers.len());
+    let mut host = None;
+    let mut encoding: Option<String> = None;
+    for h in headers {
+        let name = h.name.to_ascii_lowercase();
+        if is_credential_header(&name) {
+            continue;
+        }
+        let value = header_text(h.value);
+        match name.as_str() {
+            "host" => host = Some(value.clone()),
+            "content-encoding" => {
+                encoding = Some(match encoding {
+                    Some(prev) => format!("{prev}, {value}"),
+                    None => value.clone(),
+                })
+            }
+            _ => {}
+        }
+        kept.push(Header { name, value });
+    }
+    (kept, host, encoding)
+}
+
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let end = line.iter().position(|b| *b == b';').unwrap_or(line.len());
+    let digits = std::str::from_utf8(line.get(..end)?).ok()?.trim();
+    if digits.is_empty() || digits.len() > 15 {
+        return None;
+    }
+    u64::from_str_radix(digits, 16).ok()
+}
+
+/// Where the next request line (client) or status line (server) starts.
+fn find_message_start(dir: Direction, buf: &[u8]) -> Option<usize> {
+    let at_line_start = |i: usize| i == 0 || buf.get(i - 1) == Some(&b'\n');
+    (0..buf.len()).find(|&i| {
+        if !at_line_start(i) {
+            return false;
+        }
+        let rest = buf.get(i..).unwrap_or_default();
+        match dir {
+            Direction::FromServer => rest.starts_with(b"HTTP/1."),
+            Direction::FromClient => matches!(
+                super::detect::sniff(rest.get(..rest.len().min(24)).unwrap_or_default()),
+                super::Sniff::LooksHttp1Request
+            ),
+        }
+    })
+}

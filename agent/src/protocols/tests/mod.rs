@@ -1,0 +1,4 @@
+//! Tests that drive the parsers as a whole; unit tests of one piece sit in
+//! that piece's file.
+
+mod hpack_rfc;

@@ -1,0 +1,153 @@
+//! A tolerant scanner over the top-level members of a JSON object.
+//!
+//! Request bodies are only needed for a few fields (`model`, `stream`, ...)
+//! that may come after a large `messages` array, and the kept prefix may be
+//! cut at its bound. The scanner walks the members without building values
+//! and stops quietly at the first truncated or malformed member.
+
+use memchr::memchr2;
+
+/// Calls `on_member(key, raw_value)` for each complete top-level member of
+/// the object in `buf`. Keys are the raw bytes between the quotes.
+pub(crate) fn for_each_member<'a>(buf: &'a [u8], mut on_member: impl FnMut(&'a [u8], &'a [u8])) {
+    let mut i = skip_ws(buf, 0);
+    if buf.get(i) != Some(&b'{') {
+        return;
+    }
+    i += 1;
+    loop {
+        i = skip_ws(buf, i);
+        match buf.get(i) {
+            Some(b'"') => {}
+            _ => return,
+        }
+        let Some(key_end) = skip_string(buf, i) else {
+            return;
+        };
+        let key = buf.get(i + 1..key_end - 1).unwrap_or_default();
+        i = skip_ws(buf, key_end);
+        if buf.get(i) != Some(&b':') {
+            return;
+        }
+        i = skip_ws(buf, i + 1);
+        let Some(value_end) = skip_value(buf, i) else {
+            return;
+        };
+        if let Some(value) = buf.get(i..value_end) {
+            on_member(key, value);
+        }
+        i = skip_ws(buf, value_end);
+        match buf.get(i) {
+            Some(b',') => i += 1,
+            _ => return,
+        }
+    }
+}
+
+fn skip_ws(buf: &[u8], mut i: usize) -> usize {
+    while buf.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
+        i += 1;
+    }
+    i
+}
+
+/// `buf[i]` is `"`; returns the index after the closing quote.
+fn skip_string(buf: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    loop {
+        let rest = buf.get(j..)?;
+        let k = memchr2(b'"', b'\\', rest)?;
+        if rest.get(k) == Some(&b'"') {
+            return Some(j + k + 1);
+        }
+        j += k + 2;
+    }
+}
+
+/// Returns the index after the value starting at `buf[i]`, or `None` when
+/// the value is cut off or malformed.
+fn skip_value(buf: &[u8], i: usize) -> Option<usize> {
+    match buf.get(i)? {
+        b'"' => skip_string(buf, i),
+        b'{' | b'[' => {
+            let mut depth = 0u32;
+            let mut j = i;
+            loop {
+                match buf.get(j)? {
+                    b'"' => {
+                        j = skip_string(buf, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth = depth.checked_sub(1)?;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        _ => {
+            let rest = buf.get(i..)?;
+            let n = rest
+                .iter()
+                .position(|&b| matches!(b, b',' | b'}' | b']') || b.is_ascii_whitespace())?;
+            (n > 0).then_some(i + n)
+        }
+    }
+}
+
+/// A raw JSON string value decoded (escapes included); `None` if not a string.
+pub(crate) fn as_string(raw: &[u8]) -> Option<String> {
+    if raw.first() != Some(&b'"') {
+        return None;
+    }
+    serde_json::from_slice(raw).ok()
+}
+
+pub(crate) fn as_bool(raw: &[u8]) -> Option<bool> {
+    match raw {
+        b"true" => Some(true),
+        b"false" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(buf: &[u8]) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for_each_member(buf, |k, v| {
+            out.push((
+                String::from_utf8_lossy(k).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            ))
+        });
+        out
+    }
+
+    #[test]
+    fn finds_members_after_nested_values_with_tricky_strings() {
+        let body = br#" { "messages" : [{"content":"a \"}] {"}, [1,2]], "n":-1.5e3,"model":"m\u00e9","stream":true}"#;
+        let m = members(body);
+        assert_eq!(m.len(), 4);
+        assert_eq!(m[1], ("n".into(), "-1.5e3".into()));
+        assert_eq!(as_string(m[2].1.as_bytes()).as_deref(), Some("m\u{e9}"));
+        assert_eq!(as_bool(m[3].1.as_bytes()), Some(true));
+    }
+
+    #[test]
+    fn truncated_object_keeps_complete_members_only() {
+        let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hel"#;
+        assert_eq!(members(body), vec![("model".into(), "\"gpt-4o\"".into())]);
+        for cut in 0..body.len() {
+            let _ = members(&body[..cut]);
+        }
+        assert!(members(b"[1]").is_empty());
+    }
+}

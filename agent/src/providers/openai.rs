@@ -1,0 +1,324 @@
+//! OpenAI wire format: Chat Completions, legacy Completions, Embeddings and
+//! the Responses API. Also spoken by Azure OpenAI and every
+//! OpenAI-compatible server, whose extra fields are ignored.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use super::decode::{set, BadJson, Observed};
+use super::status::classify_stream_error;
+
+#[derive(Deserialize, Default)]
+struct Details {
+    cached_tokens: Option<u64>,
+    reasoning_tokens: Option<u64>,
+}
+
+/// Both spellings: Chat Completions (`prompt_tokens`) and Responses (`input_tokens`).
+#[derive(Deserialize)]
+struct OaUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    prompt_tokens_details: Option<Details>,
+    completion_tokens_details: Option<Details>,
+    input_tokens_details: Option<Details>,
+    output_tokens_details: Option<Details>,
+}
+
+fn apply_usage(obs: &mut Observed, u: OaUsage) {
+    let input_details = u.prompt_tokens_details.or(u.input_tokens_details);
+    let output_details = u.completion_tokens_details.or(u.output_tokens_details);
+    let usage = &mut obs.usage;
+    set(&mut usage.input_tokens, u.prompt_tokens.or(u.input_tokens));
+    set(&mut usage.output_tokens, u.completion_tokens.or(u.output_tokens));
+    set(
+        &mut usage.cache_read_tokens,
+        input_details.and_then(|d| d.cached_tokens),
+    );
+    set(
+        &mut usage.reasoning_tokens,
+        output_details.and_then(|d| d.reasoning_tokens),
+    );
+    obs.usage_reported();
+}
+
+#[derive(Deserialize)]
+struct ErrorObj<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    /// A string for OpenAI, a number for some compatible servers.
+    code: Option<serde_json::Value>,
+}
+
+impl ErrorObj<'_> {
+    fn error_type(&self) -> String {
+        let code = self.code.as_ref().and_then(|c| c.as_str());
+        let kind = match (code, self.kind.as_deref()) {
+            (Some("insufficient_quota"), _) => "insufficient_quota",
+            (_, Some(kind)) => kind,
+            (Some(code), None) => code,
+            (None, None) => "error",
+        };
+        classify_stream_error(kind)
+    }
+}
+
+#[derive(Deserialize)]
+struct Function<'a> {
+    #[serde(borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCall<'a> {
+    #[serde(borrow)]
+    function: Option<Function<'a>>,
+}
+
+/// `delta` of a chunk or `message` of a complete response.
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow)]
+    content: Option<Cow<'a, str>>,
+    /// DeepSeek, vLLM, OpenRouter and others stream reasoning separately.
+    #[serde(borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    tool_calls: Option<Vec<ToolCall<'a>>>,
+}
+
+impl Message<'_> {
+    /// Feeds the text pieces to `obs`; returns whether there was any content.
+    fn collect(&self, obs: &mut Observed) -> bool {
+        let mut any = false;
+        for piece in [
+            &self.content,
+            &self.reasoning_content,
+            &self.reasoning,
+            &self.refusal,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            any |= !piece.is_empty();
+            obs.text(piece);
+        }
+        for call in self.tool_calls.iter().flatten() {
+            any = true;
+            if let Some(args) = call.function.as_ref().and_then(|f| f.arguments.as_ref()) {
+                obs.text(args);
+            }
+        }
+        any
+    }
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(borrow)]
+    delta: Option<Message<'a>>,
+    #[serde(borrow)]
+    message: Option<Message<'a>>,
+    /// Legacy Completions.
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+/// A Chat Completions / Completions chunk or complete response, or an
+/// Embeddings response (whose `data` is skipped).
+#[derive(Deserialize)]
+struct Completion<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    choices: Option<Vec<Choice<'a>>>,
+    usage: Option<OaUsage>,
+    #[serde(borrow)]
+    error: Option<ErrorObj<'a>>,
+}
+
+fn apply_completion(obs: &mut Observed, c: Completion<'_>) -> bool {
+    obs.model(c.model.as_deref());
+    let mut content = false;
+    for choice in c.choices.iter().flatten() {
+        for m in [&choice.delta, &choice.message].into_iter().flatten() {
+            content |= m.collect(obs);
+        }
+        if let Some(text) = &choice.text {
+            content |= !text.is_empty();
+            obs.text(text);
+        }
+        obs.finish(choice.finish_reason.as_deref());
+    }
+    if let Some(u) = c.usage {
+        apply_usage(obs, u);
+    }
+    if let Some(e) = c.error {
+        obs.error_type = Some(e.error_type());
+    }
+    content
+}
+
+/// One SSE event of a streamed Chat Completions / Completions response.
+pub(crate) fn chat_chunk(obs: &mut Observed, data: &[u8], ts_ns: u64) -> Result<(), BadJson> {
+    if data.trim_ascii() == b"[DONE]" {
+        obs.terminal = true;
+        return Ok(());
+    }
+    let chunk: Completion<'_> = serde_json::from_slice(data)?;
+    if apply_completion(obs, chunk) {
+        obs.content_event(ts_ns);
+    }
+    Ok(())
+}
+
+/// A complete Chat Completions / Completions / Embeddings response.
+pub(crate) fn body(obs: &mut Observed, body: &[u8]) -> Result<(), BadJson> {
+    let c: Completion<'_> = serde_json::from_slice(body)?;
+    apply_completion(obs, c);
+    obs.terminal = true;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct IncompleteDetails<'a> {
+    #[serde(borrow)]
+    reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct OutputContent<'a> {
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct OutputItem<'a> {
+    #[serde(borrow)]
+    content: Option<Vec<OutputContent<'a>>>,
+    #[serde(borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+/// A Responses API `response` object.
+#[derive(Deserialize)]
+struct Response<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    status: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    incomplete_details: Option<IncompleteDetails<'a>>,
+    #[serde(borrow)]
+    output: Option<Vec<OutputItem<'a>>>,
+    usage: Option<OaUsage>,
+    #[serde(borrow)]
+    error: Option<ErrorObj<'a>>,
+}
+
+fn apply_response(obs: &mut Observed, r: Response<'_>, with_text: bool) {
+    obs.model(r.model.as_deref());
+    let reason = r
+        .incomplete_details
+        .as_ref()
+        .and_then(|d| d.reason.as_deref())
+        .or(r.status.as_deref())
+        .filter(|s| *s != "in_progress" && *s != "queued");
+    obs.finish(reason);
+    if with_text {
+        for item in r.output.iter().flatten() {
+            for part in item.content.iter().flatten() {
+                if let Some(t) = &part.text {
+                    obs.text(t);
+                }
+            }
+            if let Some(args) = &item.arguments {
+                obs.text(args);
+            }
+        }
+    }
+    if let Some(u) = r.usage {
+        apply_usage(obs, u);
+    }
+    if let Some(e) = r.error {
+        obs.error_type = Some(e.error_type());
+    }
+}
+
+/// A complete Responses API response.
+pub(crate) fn responses_body(obs: &mut Observed, body: &[u8]) -> Result<(), BadJson> {
+    let r: Response<'_> = serde_json::from_slice(body)?;
+    apply_response(obs, r, true);
+    obs.terminal = true;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct ResponsesEvent<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    delta: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    response: Option<Response<'a>>,
+    #[serde(borrow)]
+    code: Option<Cow<'a, str>>,
+}
+
+/// One SSE event of a streamed Responses API response.
+pub(crate) fn responses_event(
+    obs: &mut Observed,
+    event: &str,
+    data: &[u8],
+    ts_ns: u64,
+) -> Result<(), BadJson> {
+    // Most events are bookkeeping (`...added`, `...done`); skip them unparsed
+    // when the `event:` field already names them.
+    if !event.is_empty() && !is_interesting(event) {
+        return Ok(());
+    }
+    let ev: ResponsesEvent<'_> = serde_json::from_slice(data)?;
+    let kind = ev.kind.as_deref().unwrap_or(event);
+    if kind.ends_with(".delta") {
+        if let Some(d) = ev.delta.as_deref() {
+            obs.content_event(ts_ns);
+            obs.text(d);
+        }
+        return Ok(());
+    }
+    match kind {
+        "response.completed" | "response.incomplete" | "response.failed" => {
+            obs.terminal = true;
+        }
+        "error" => {
+            obs.terminal = true;
+            obs.error_type = Some(classify_stream_error(ev.code.as_deref().unwrap_or("error")));
+        }
+        _ => {}
+    }
+    if let Some(r) = ev.response {
+        apply_response(obs, r, false);
+    }
+    Ok(())
+}
+
+fn is_interesting(event: &str) -> bool {
+    (event.ends_with(".delta") && !event.contains("audio"))
+        || matches!(
+            event,
+            "response.created"
+                | "response.completed"
+                | "response.incomplete"
+                | "response.failed"
+                | "error"
+        )
+}

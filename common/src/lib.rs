@@ -1,0 +1,291 @@
+//! Types shared by the eBPF programs and the agent.
+//!
+//! Everything here is `#[repr(C)]` with fixed-width fields, explicit padding
+//! and a size assertion, so both sides read the same bytes. Every event
+//! starts with a `kind: u8` that user space converts with `TryFrom`.
+#![no_std]
+
+/// Ring buffer that carries every event to user space.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Per-CPU counters of drops and truncations, indexed by [`Counter`].
+pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Per-connection verdicts written by user space (see [`ConnState`]).
+pub const CONN_STATE_MAP: &str = "CONN_STATE";
+/// SSL calls in flight, keyed by pid_tgid.
+pub const SSL_ACTIVE_MAP: &str = "SSL_ACTIVE";
+/// SSL objects whose socket is already linked.
+pub const TLS_LINKED_MAP: &str = "TLS_LINKED";
+/// Per-CPU scratch space used to build data events.
+pub const SCRATCH_MAP: &str = "SCRATCH";
+
+/// Global set before load: the agent's own tgid, never captured.
+pub const GLOBAL_AGENT_TGID: &str = "AGENT_TGID";
+/// Global set before load: bytes captured per direction of a connection before
+/// user space has classified it.
+pub const GLOBAL_FIRST_WINDOW: &str = "FIRST_WINDOW";
+/// Global set before load: most bytes captured from one socket or SSL call.
+pub const GLOBAL_CALL_CAP: &str = "CALL_CAP";
+/// Global set before load: struct field offsets read from kernel BTF.
+pub const GLOBAL_OFFSETS: &str = "OFFSETS";
+
+pub mod names {
+    //! Program names, as the `#[...]` attributes in agent-ebpf declare them.
+    pub const EXEC: &str = "sched_process_exec";
+    pub const EXIT: &str = "sched_process_exit";
+    pub const SOCK_SEND: &str = "sock_send_length";
+    pub const SOCK_RECV: &str = "sock_recv_length";
+    pub const SOCK_STATE: &str = "inet_sock_set_state";
+    pub const SSL_WRITE: &str = "ssl_write";
+    pub const SSL_WRITE_RET: &str = "ssl_write_ret";
+    pub const SSL_READ: &str = "ssl_read";
+    pub const SSL_READ_RET: &str = "ssl_read_ret";
+    pub const SSL_WRITE_EX: &str = "ssl_write_ex";
+    pub const SSL_READ_EX: &str = "ssl_read_ex";
+    pub const SSL_EX_RET_WRITE: &str = "ssl_write_ex_ret";
+    pub const SSL_EX_RET_READ: &str = "ssl_read_ex_ret";
+}
+
+/// Largest payload carried by one data event; bigger calls are split.
+pub const CHUNK: usize = 16 * 1024;
+/// Most chunks emitted for one call (so at most `CHUNK * MAX_CHUNKS` bytes).
+pub const MAX_CHUNKS: u32 = 4;
+/// Most iovec entries read from one vectored call.
+pub const MAX_IOVECS: u32 = 8;
+/// Size of the per-CPU scratch buffer: header plus one chunk.
+pub const SCRATCH_SIZE: usize = DATA_HEADER_SIZE + CHUNK;
+
+/// Event kinds, the first byte of every ring buffer record.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Exec = 1,
+    Exit = 2,
+    Data = 3,
+    Conn = 4,
+    TlsLink = 5,
+}
+
+impl TryFrom<u8> for EventKind {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        Ok(match v {
+            1 => EventKind::Exec,
+            2 => EventKind::Exit,
+            3 => EventKind::Data,
+            4 => EventKind::Conn,
+            5 => EventKind::TlsLink,
+            other => return Err(other),
+        })
+    }
+}
+
+/// Process exec or exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcEvent {
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    pub pid: u32,
+    pub ppid: u32,
+    pub _pad2: u32,
+    pub cgroup_id: u64,
+    pub ts_ns: u64,
+    pub comm: [u8; 16],
+    /// Exec only: the path passed to exec, NUL-terminated.
+    pub filename: [u8; 128],
+}
+pub const PROC_EVENT_SIZE: usize = 176;
+const _: () = assert!(core::mem::size_of::<ProcEvent>() == PROC_EVENT_SIZE);
+
+/// Direction of a data event, seen from the traced process.
+pub const DIR_EGRESS: u8 = 0;
+pub const DIR_INGRESS: u8 = 1;
+
+/// Where the bytes were read.
+pub const SOURCE_SOCKET: u8 = 0;
+pub const SOURCE_TLS: u8 = 1;
+
+/// Data flags.
+/// The call carried more bytes than were captured; the rest is a gap.
+pub const FLAG_TRUNCATED: u8 = 1;
+/// The call could not be read (unknown syscall, io_uring, sendfile): all of it is a gap.
+pub const FLAG_UNREADABLE: u8 = 2;
+
+/// Connection 4-tuple. Addresses are IPv4-mapped in 16 bytes for AF_INET.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tuple {
+    pub family: u16,
+    /// Local port, host order.
+    pub sport: u16,
+    /// Remote port, host order.
+    pub dport: u16,
+    pub _pad: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<Tuple>() == 40);
+
+/// Header of a data event; `len` payload bytes follow it in the same record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DataHeader {
+    pub kind: u8,
+    pub dir: u8,
+    pub source: u8,
+    pub flags: u8,
+    pub pid: u32,
+    pub tid: u32,
+    /// Bytes in this record's payload.
+    pub len: u32,
+    /// Connection id: the `struct sock` address (socket) or the `SSL` address (TLS).
+    pub conn_id: u64,
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    /// Bytes the call moved in all.
+    pub call_len: u32,
+    /// Offset of this payload inside the call.
+    pub offset: u32,
+    pub comm: [u8; 16],
+    /// Socket events only; zeroed for TLS.
+    pub tuple: Tuple,
+}
+pub const DATA_HEADER_SIZE: usize = 104;
+const _: () = assert!(core::mem::size_of::<DataHeader>() == DATA_HEADER_SIZE);
+
+/// TCP state change of an observed socket.
+pub const CONN_OPEN_CLIENT: u8 = 1;
+pub const CONN_OPEN_SERVER: u8 = 2;
+pub const CONN_CLOSE: u8 = 3;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnEvent {
+    pub kind: u8,
+    pub what: u8,
+    pub _pad: [u8; 2],
+    pub pid: u32,
+    pub conn_id: u64,
+    pub ts_ns: u64,
+    pub tuple: Tuple,
+}
+pub const CONN_EVENT_SIZE: usize = 64;
+const _: () = assert!(core::mem::size_of::<ConnEvent>() == CONN_EVENT_SIZE);
+
+/// An SSL object was seen moving bytes over a socket on the same thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TlsLinkEvent {
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    pub pid: u32,
+    pub ssl: u64,
+    pub sock: u64,
+    pub ts_ns: u64,
+    pub tuple: Tuple,
+}
+pub const TLS_LINK_EVENT_SIZE: usize = 72;
+const _: () = assert!(core::mem::size_of::<TlsLinkEvent>() == TLS_LINK_EVENT_SIZE);
+
+/// Verdict kept per connection id in [`CONN_STATE_MAP`].
+pub const VERDICT_UNKNOWN: u8 = 0;
+/// Not LLM traffic: capture nothing more.
+pub const VERDICT_MUTED: u8 = 1;
+/// LLM traffic: capture everything, up to the per-call cap.
+pub const VERDICT_CAPTURE: u8 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnState {
+    /// Bytes captured so far while the verdict was unknown.
+    pub window_used: u64,
+    pub verdict: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<ConnState>() == 16);
+
+/// An SSL call in flight, saved at entry for the return probe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SslCall {
+    pub ssl: u64,
+    pub buf: u64,
+    /// `SSL_*_ex` only: where the library writes the byte count.
+    pub len_ptr: u64,
+    pub dir: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<SslCall>() == 32);
+
+/// Kernel struct offsets the programs need, read from BTF by user space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Offsets {
+    pub sk_family: u32,
+    pub sk_dport: u32,
+    pub sk_num: u32,
+    pub sk_daddr: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    pub sk_type: u32,
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+}
+const _: () = assert!(core::mem::size_of::<Offsets>() == 40);
+
+/// Drop and truncation counters, one slot each in [`COUNTERS_MAP`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// A ring buffer record could not be reserved or written.
+    RingbufFull = 0,
+    /// A call's bytes past the per-call cap.
+    Truncated = 1,
+    /// A call whose buffer could not be located (io_uring, sendfile, unknown syscall).
+    Unreadable = 2,
+    /// Reading user memory failed.
+    ReadFailed = 3,
+    /// Bytes of unclassified connections past the first window.
+    WindowExceeded = 4,
+    /// Socket calls skipped because the connection is muted.
+    Muted = 5,
+    /// SSL return probes with no saved entry.
+    SslNoEntry = 6,
+    /// Socket calls seen (all, before filtering).
+    SocketCalls = 7,
+    /// SSL calls seen.
+    SslCalls = 8,
+}
+
+pub const COUNTER_COUNT: u32 = 9;
+pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
+    "ringbuf_full",
+    "truncated",
+    "unreadable",
+    "read_failed",
+    "window_exceeded",
+    "muted",
+    "ssl_no_entry",
+    "socket_calls",
+    "ssl_calls",
+];
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all types are repr(C), made of integers and byte arrays, with padding written out.
+    unsafe impl aya::Pod for ConnState {}
+    unsafe impl aya::Pod for SslCall {}
+    unsafe impl aya::Pod for Offsets {}
+    unsafe impl bytemuck::Zeroable for ProcEvent {}
+    unsafe impl bytemuck::Pod for ProcEvent {}
+    unsafe impl bytemuck::Zeroable for DataHeader {}
+    unsafe impl bytemuck::Pod for DataHeader {}
+    unsafe impl bytemuck::Zeroable for ConnEvent {}
+    unsafe impl bytemuck::Pod for ConnEvent {}
+    unsafe impl bytemuck::Zeroable for TlsLinkEvent {}
+    unsafe impl bytemuck::Pod for TlsLinkEvent {}
+    unsafe impl bytemuck::Zeroable for Tuple {}
+    unsafe impl bytemuck::Pod for Tuple {}
+}
