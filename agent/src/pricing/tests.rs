@@ -363,14 +363,20 @@ fn builtin_smaller_models_exist_and_are_cheaper() {
     let pricer = Pricer::builtin();
     let mut pairs = 0;
     for entry in pricer.entries() {
-        let Some(smaller) = &entry.smaller else { continue };
+        let Some(smaller) = &entry.smaller else {
+            continue;
+        };
         let target = pricer
             .entries()
             .iter()
             .find(|e| &e.name == smaller)
             .unwrap_or_else(|| panic!("{}: smaller {smaller} not in catalogue", entry.name));
         assert_eq!(target.provider, entry.provider, "{}", entry.name);
-        assert!(target.input < entry.input && target.output < entry.output, "{}", entry.name);
+        assert!(
+            target.input < entry.input && target.output < entry.output,
+            "{}",
+            entry.name
+        );
         pairs += 1;
     }
     assert!(pairs >= 20, "{pairs}");

@@ -32,7 +32,9 @@ pub enum Verdict {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AdviceEvidence {
+    /// All the team's calls on the model, refused ones included (they cost nothing).
     pub calls: u64,
+    /// Token medians and p95 are over the answered calls.
     pub median_input_tokens: u64,
     pub median_output_tokens: u64,
     pub p95_output_tokens: u64,
@@ -59,7 +61,10 @@ pub struct Advice {
 
 /// The smaller model the catalogue names for `entry`, else `<name>-mini` of the same provider.
 pub fn smaller_model<'p>(pricer: &'p Pricer, entry: &ModelPrice) -> Option<&'p ModelPrice> {
-    let wanted = entry.smaller.clone().unwrap_or_else(|| format!("{}-mini", entry.name));
+    let wanted = entry
+        .smaller
+        .clone()
+        .unwrap_or_else(|| format!("{}-mini", entry.name));
     pricer
         .entries()
         .iter()
@@ -79,8 +84,15 @@ pub(crate) fn advise(records: &[&CallRecord], pricer: &Pricer) -> Vec<Advice> {
         let Some(entry) = aggregate::priced_entry(pricer, record) else {
             continue;
         };
-        let team = record.attribution.team.clone().unwrap_or_else(|| NONE.to_owned());
-        groups.entry((team, entry.name.clone())).or_default().push(record);
+        let team = record
+            .attribution
+            .team
+            .clone()
+            .unwrap_or_else(|| NONE.to_owned());
+        groups
+            .entry((team, entry.name.clone()))
+            .or_default()
+            .push(record);
     }
     let mut out = Vec::new();
     for ((team, model), calls) in groups {
@@ -115,19 +127,23 @@ pub(crate) fn advise(records: &[&CallRecord], pricer: &Pricer) -> Vec<Advice> {
         let rank = |v: Verdict| u8::from(v == Verdict::Keep);
         rank(a.verdict)
             .cmp(&rank(b.verdict))
-            .then(b.evidence.saving_picodollars.cmp(&a.evidence.saving_picodollars))
+            .then(
+                b.evidence
+                    .saving_picodollars
+                    .cmp(&a.evidence.saving_picodollars),
+            )
             .then_with(|| (&a.team, &a.model).cmp(&(&b.team, &b.model)))
     });
     out
 }
 
 fn evidence(calls: &[&CallRecord], sum: &aggregate::WhatIfSum) -> AdviceEvidence {
-    let mut inputs: Vec<u64> = calls
-        .iter()
+    // Sizes from the answered calls: a refused call has no tokens and would pull the median down.
+    let answered = || calls.iter().filter(|r| !aggregate::is_error(r));
+    let mut inputs: Vec<u64> = answered()
         .map(|r| r.call.usage.input_tokens.unwrap_or(0))
         .collect();
-    let mut outputs: Vec<u64> = calls
-        .iter()
+    let mut outputs: Vec<u64> = answered()
         .map(|r| r.call.usage.output_tokens.unwrap_or(0))
         .collect();
     inputs.sort_unstable();
@@ -173,7 +189,10 @@ fn keep_reasons(e: &AdviceEvidence) -> Vec<String> {
         ));
     }
     if e.reasoning_calls > 0 {
-        reasons.push(format!("reasoning tokens used in {} calls", e.reasoning_calls));
+        reasons.push(format!(
+            "reasoning tokens used in {} calls",
+            e.reasoning_calls
+        ));
     }
     if e.tool_calls > 0 {
         reasons.push(format!("tool calls in {} calls", e.tool_calls));

@@ -40,10 +40,13 @@ pub(crate) fn priced_entry<'p>(pricer: &'p Pricer, record: &CallRecord) -> Optio
         return None;
     }
     let call = &record.call;
-    [call.response_model.as_deref(), call.request_model.as_deref()]
-        .into_iter()
-        .flatten()
-        .find_map(|model| pricer.lookup(Some(call.provider), model))
+    [
+        call.response_model.as_deref(),
+        call.request_model.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .find_map(|model| pricer.lookup(Some(call.provider), model))
 }
 
 pub(crate) fn cost_of(pricer: &Pricer, record: &CallRecord) -> CostKind {
@@ -136,10 +139,18 @@ impl GroupAcc {
     fn add(&mut self, record: &CallRecord, cost: CostKind) {
         let usage = &record.call.usage;
         self.calls += 1;
-        self.input_tokens = self.input_tokens.saturating_add(usage.input_tokens.unwrap_or(0));
-        self.output_tokens = self.output_tokens.saturating_add(usage.output_tokens.unwrap_or(0));
-        self.cached_tokens = self.cached_tokens.saturating_add(usage.cache_read_tokens.unwrap_or(0));
-        self.reasoning_tokens = self.reasoning_tokens.saturating_add(usage.reasoning_tokens.unwrap_or(0));
+        self.input_tokens = self
+            .input_tokens
+            .saturating_add(usage.input_tokens.unwrap_or(0));
+        self.output_tokens = self
+            .output_tokens
+            .saturating_add(usage.output_tokens.unwrap_or(0));
+        self.cached_tokens = self
+            .cached_tokens
+            .saturating_add(usage.cache_read_tokens.unwrap_or(0));
+        self.reasoning_tokens = self
+            .reasoning_tokens
+            .saturating_add(usage.reasoning_tokens.unwrap_or(0));
         match cost {
             CostKind::Tokens(pd) | CostKind::Recorded(pd) => {
                 self.token_cost_pd = self.token_cost_pd.saturating_add(pd);
@@ -187,14 +198,19 @@ impl GroupAcc {
         let ttfts = sorted_f64(self.ttfts);
         let costed = self.priced_calls + self.self_hosted_calls;
         GroupRow {
-            group: by.iter().map(|k| k.as_str().to_owned()).zip(key.iter().cloned()).collect(),
+            group: by
+                .iter()
+                .map(|k| k.as_str().to_owned())
+                .zip(key.iter().cloned())
+                .collect(),
             key,
             calls: self.calls,
             input_tokens: self.input_tokens,
             output_tokens: self.output_tokens,
             cached_tokens: self.cached_tokens,
             reasoning_tokens: self.reasoning_tokens,
-            cost_usd: (costed > 0).then(|| picodollars_to_usd(self.token_cost_pd) + self.gpu_cost_usd),
+            cost_usd: (costed > 0)
+                .then(|| picodollars_to_usd(self.token_cost_pd) + self.gpu_cost_usd),
             token_cost_picodollars: self.token_cost_pd,
             gpu_cost_usd: self.gpu_cost_usd,
             gpu_seconds: self.gpu_seconds,
@@ -307,7 +323,11 @@ impl WhatIfSum {
     fn row(&self, key: Vec<String>, by: &[GroupKey]) -> WhatIfRow {
         let saving = self.saving_pd();
         WhatIfRow {
-            group: by.iter().map(|k| k.as_str().to_owned()).zip(key.iter().cloned()).collect(),
+            group: by
+                .iter()
+                .map(|k| k.as_str().to_owned())
+                .zip(key.iter().cloned())
+                .collect(),
             key,
             calls: self.calls,
             cost_now_usd: picodollars_to_usd(self.now_pd),
@@ -356,7 +376,11 @@ pub fn build(
     let by = &options.by;
     let selected: Vec<&CallRecord> = records
         .iter()
-        .filter(|r| options.since_unix_nano.is_none_or(|since| r.time_unix_nano >= since))
+        .filter(|r| {
+            options
+                .since_unix_nano
+                .is_none_or(|since| r.time_unix_nano >= since)
+        })
         .collect();
 
     let mut groups: BTreeMap<Vec<String>, GroupAcc> = BTreeMap::new();
@@ -377,7 +401,10 @@ pub fn build(
     for acc in groups.values() {
         total.merge(acc);
     }
-    let mut rows: Vec<GroupRow> = groups.into_iter().map(|(key, acc)| acc.finish(key, by)).collect();
+    let mut rows: Vec<GroupRow> = groups
+        .into_iter()
+        .map(|(key, acc)| acc.finish(key, by))
+        .collect();
     // Most expensive first; groups with no known cost last; then by name.
     rows.sort_by(|a, b| {
         let cost = |r: &GroupRow| r.cost_usd.unwrap_or(-1.0);
@@ -385,7 +412,13 @@ pub fn build(
     });
     // The total's key fills the group columns: "total" in the first, blanks after.
     let total_key: Vec<String> = (0..by.len())
-        .map(|i| if i == 0 { "total".to_owned() } else { String::new() })
+        .map(|i| {
+            if i == 0 {
+                "total".to_owned()
+            } else {
+                String::new()
+            }
+        })
         .collect();
     let total = total.finish(total_key, &[]);
 

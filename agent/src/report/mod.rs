@@ -79,7 +79,9 @@ impl std::str::FromStr for WhatIf {
                 from: from.trim().to_owned(),
                 to: to.trim().to_owned(),
             }),
-            _ => Err(format!("expected FROM=TO (e.g. gpt-4o=gpt-4o-mini), got {s:?}")),
+            _ => Err(format!(
+                "expected FROM=TO (e.g. gpt-4o=gpt-4o-mini), got {s:?}"
+            )),
         }
     }
 }
@@ -129,7 +131,8 @@ pub fn read_records(
     let mut number = 0u64;
     loop {
         line.clear();
-        let read = std::io::Read::take(&mut *reader, MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut line)?;
+        let read = std::io::Read::take(&mut *reader, MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)?;
         if read == 0 {
             return Ok(());
         }
@@ -140,7 +143,8 @@ pub fn read_records(
             let mut rest = Vec::new();
             loop {
                 rest.clear();
-                let n = std::io::Read::take(&mut *reader, 64 * 1024).read_until(b'\n', &mut rest)?;
+                let n =
+                    std::io::Read::take(&mut *reader, 64 * 1024).read_until(b'\n', &mut rest)?;
                 if n == 0 || rest.last() == Some(&b'\n') {
                     break;
                 }
@@ -174,12 +178,15 @@ fn note_bad(stats: &mut ReadStats, number: u64) {
 /// Turns `--since` into nanoseconds since the Unix epoch.
 pub fn parse_since(since: &str, now_unix_nano: u64) -> anyhow::Result<u64> {
     let since = since.trim();
-    if let Ok(time) = time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339) {
+    if let Ok(time) =
+        time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339)
+    {
         let nanos = time.unix_timestamp_nanos();
         return u64::try_from(nanos).with_context(|| format!("--since {since} is before 1970"));
     }
-    let back = humantime::parse_duration(since)
-        .with_context(|| format!("--since {since:?} is neither a duration (24h) nor an RFC 3339 time"))?;
+    let back = humantime::parse_duration(since).with_context(|| {
+        format!("--since {since:?} is neither a duration (24h) nor an RFC 3339 time")
+    })?;
     let back = u64::try_from(back.as_nanos()).unwrap_or(u64::MAX);
     Ok(now_unix_nano.saturating_sub(back))
 }
@@ -207,7 +214,8 @@ pub fn run(args: &ReportArgs, pricer: &Pricer) -> anyhow::Result<String> {
     let mut stats = ReadStats::default();
     let mut records = Vec::new();
     for path in &args.files {
-        let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let file =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let mut reader = std::io::BufReader::new(file);
         let before = stats.bad_lines;
         read_records(&mut reader, &mut stats, &mut records)

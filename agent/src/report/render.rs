@@ -93,7 +93,11 @@ fn table(report: &Report) -> String {
         );
     }
     if let Some(since) = &report.since {
-        let _ = write!(out, "; since {since} ({} earlier left out)", report.before_since);
+        let _ = write!(
+            out,
+            "; since {since} ({} earlier left out)",
+            report.before_since
+        );
     }
     out.push_str("\n\n");
 
@@ -101,8 +105,18 @@ fn table(report: &Report) -> String {
     let text_columns = header.len();
     header.extend(
         [
-            "calls", "input", "output", "cached", "cost_usd", "unpriced", "errors", "429",
-            "p50_s", "p95_s", "ttft_p50_s", "ttft_p95_s",
+            "calls",
+            "input",
+            "output",
+            "cached",
+            "cost_usd",
+            "unpriced",
+            "errors",
+            "429",
+            "p50_s",
+            "p95_s",
+            "ttft_p50_s",
+            "ttft_p95_s",
         ]
         .map(str::to_owned),
     );
@@ -129,7 +143,11 @@ fn table(report: &Report) -> String {
         );
         let mut header = by_names(report);
         header.extend(["calls", "cost_now_usd", "cost_after_usd", "saving_usd"].map(str::to_owned));
-        let mut rows: Vec<Vec<String>> = rule.groups.iter().map(|r| what_if_cells(r, &r.key)).collect();
+        let mut rows: Vec<Vec<String>> = rule
+            .groups
+            .iter()
+            .map(|r| what_if_cells(r, &r.key))
+            .collect();
         rows.push(what_if_cells(&rule.total, &report.total.key));
         out.push_str(&aligned(&header, &rows, text_columns));
     }
@@ -196,6 +214,13 @@ fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(String::new, |v| v.to_string())
 }
 
+/// Dollars to the picodollar, without float noise or trailing zeros.
+fn csv_usd(v: f64) -> String {
+    let s = format!("{v:.12}");
+    let s = s.trim_end_matches('0');
+    s.strip_suffix('.').unwrap_or(s).to_owned()
+}
+
 /// CSV: the groups and a total line; then, each after a blank line, a what-if
 /// block and an advice block when asked for.
 fn csv(report: &Report) -> String {
@@ -238,7 +263,7 @@ fn csv(report: &Report) -> String {
             r.output_tokens.to_string(),
             r.cached_tokens.to_string(),
             r.reasoning_tokens.to_string(),
-            opt(r.cost_usd),
+            r.cost_usd.map_or_else(String::new, csv_usd),
             r.priced_calls.to_string(),
             r.unpriced_calls.to_string(),
             r.self_hosted_calls.to_string(),
@@ -270,9 +295,9 @@ fn csv(report: &Report) -> String {
                 cells.extend(key);
                 cells.extend([
                     r.calls.to_string(),
-                    r.cost_now_usd.to_string(),
-                    r.cost_after_usd.to_string(),
-                    r.saving_usd.to_string(),
+                    csv_usd(r.cost_now_usd),
+                    csv_usd(r.cost_after_usd),
+                    csv_usd(r.saving_usd),
                 ]);
                 csv_line(&mut out, cells);
             }
@@ -320,9 +345,9 @@ fn csv(report: &Report) -> String {
                     e.p95_output_tokens.to_string(),
                     e.reasoning_calls.to_string(),
                     e.tool_calls.to_string(),
-                    e.cost_now_usd.to_string(),
-                    e.cost_after_usd.to_string(),
-                    e.saving_usd.to_string(),
+                    csv_usd(e.cost_now_usd),
+                    csv_usd(e.cost_after_usd),
+                    csv_usd(e.saving_usd),
                     a.reasons.join("; "),
                 ],
             );
