@@ -120,7 +120,12 @@ struct Event<'a> {
 }
 
 /// One SSE event of a streamed message.
-pub(crate) fn event(obs: &mut Observed, name: &str, data: &[u8], ts_ns: u64) -> Result<(), BadJson> {
+pub(crate) fn event(
+    obs: &mut Observed,
+    name: &str,
+    data: &[u8],
+    ts_ns: u64,
+) -> Result<(), BadJson> {
     match name {
         "ping" | "content_block_start" | "content_block_stop" => return Ok(()),
         "message_stop" => {
@@ -159,7 +164,11 @@ pub(crate) fn event(obs: &mut Observed, name: &str, data: &[u8], ts_ns: u64) -> 
         }
         "message_stop" => obs.terminal = true,
         "error" => {
-            let kind = ev.error.as_ref().and_then(|e| e.kind.as_deref()).unwrap_or("error");
+            let kind = ev
+                .error
+                .as_ref()
+                .and_then(|e| e.kind.as_deref())
+                .unwrap_or("error");
             obs.error_type = Some(classify_stream_error(kind));
             obs.terminal = true;
         }

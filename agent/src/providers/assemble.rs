@@ -82,7 +82,10 @@ struct RequestInfo {
 enum Framing {
     /// Response head not seen yet, or no body byte to sniff yet.
     Undecided,
-    Json { body: Vec<u8>, truncated: bool },
+    Json {
+        body: Vec<u8>,
+        truncated: bool,
+    },
     Sse(SseParser),
     Lines(LineSplitter),
     Array(JsonArraySplitter),
@@ -132,7 +135,11 @@ impl CallAssembler {
 
     pub fn on_event(&mut self, ev: HttpEvent, out: &mut Vec<LlmCall>) {
         match ev {
-            HttpEvent::Request { stream, head, ts_ns } => self.on_request(stream, head, ts_ns, out),
+            HttpEvent::Request {
+                stream,
+                head,
+                ts_ns,
+            } => self.on_request(stream, head, ts_ns, out),
             HttpEvent::RequestBody { stream, data, .. } => {
                 let max = self.limits.max_request_body;
                 if let Some(ex) = self.open.get_mut(&stream) {
@@ -156,7 +163,11 @@ impl CallAssembler {
                 }
                 self.finish_request(stream);
             }
-            HttpEvent::Response { stream, head, ts_ns } => {
+            HttpEvent::Response {
+                stream,
+                head,
+                ts_ns,
+            } => {
                 self.finish_request(stream);
                 if let Some(ex) = self.exchange(stream) {
                     ex.response_start_ns = Some(ts_ns);
@@ -164,7 +175,11 @@ impl CallAssembler {
                     ex.framing = Framing::Undecided;
                 }
             }
-            HttpEvent::ResponseBody { stream, data, ts_ns } => {
+            HttpEvent::ResponseBody {
+                stream,
+                data,
+                ts_ns,
+            } => {
                 let limits = self.limits;
                 if let Some(ex) = self.open.get_mut(&stream) {
                     let stats = &mut self.stats;
@@ -258,7 +273,11 @@ impl CallAssembler {
         if ex.target.is_none() {
             ex.target = detect::detect_by_body(&ex.head, &info.shape);
         }
-        if ex.target.as_ref().is_some_and(|t| usage_unlikely(t, &ex.head, &info)) {
+        if ex
+            .target
+            .as_ref()
+            .is_some_and(|t| usage_may_be_missing(t, &ex.head, &info))
+        {
             info.input_estimate = estimate::estimate_request_input(&ex.request_body);
         }
         ex.request_body = Vec::new();
@@ -285,11 +304,14 @@ impl CallAssembler {
     }
 }
 
-/// Whether the response will probably carry no usage: OpenAI-style streams
-/// without `include_usage`, and Ollama's legacy embeddings.
-fn usage_unlikely(target: &Target, head: &RequestHead, info: &RequestInfo) -> bool {
+/// Whether the response may end without usage, so that the input must be
+/// estimated from the request now (its body is not kept): OpenAI-format
+/// streams (no `include_usage`, or cut before the final chunk), Ollama
+/// streams (usage only on the last line) and Ollama's legacy embeddings.
+fn usage_may_be_missing(target: &Target, head: &RequestHead, info: &RequestInfo) -> bool {
     match target.api {
-        Api::ChatCompletions | Api::Completions => info.stream == Some(true) && !info.include_usage,
+        Api::ChatCompletions | Api::Completions | Api::Responses => info.stream == Some(true),
+        Api::OllamaChat | Api::OllamaGenerate => info.stream != Some(false),
         Api::OllamaEmbed => head.path.trim_end_matches('/').ends_with("/embeddings"),
         _ => false,
     }
@@ -320,7 +342,13 @@ fn read_request(body: &[u8]) -> RequestInfo {
 }
 
 impl Exchange {
-    fn on_response_body(&mut self, data: Bytes, ts_ns: u64, limits: &Limits, stats: &mut AssembleStats) {
+    fn on_response_body(
+        &mut self,
+        data: Bytes,
+        ts_ns: u64,
+        limits: &Limits,
+        stats: &mut AssembleStats,
+    ) {
         self.bytes_received = self.bytes_received.saturating_add(data.len() as u64);
         if !data.is_empty() {
             self.first_body_ns.get_or_insert(ts_ns);
@@ -335,7 +363,8 @@ impl Exchange {
                 return;
             };
             bytes = bytes.get(first..).unwrap_or_default();
-            self.framing = choose_framing(api, self.response.as_ref(), bytes.first().copied(), limits);
+            self.framing =
+                choose_framing(api, self.response.as_ref(), bytes.first().copied(), limits);
         }
         let obs = &mut self.obs;
         let mut on_item = |event: &str, item: &[u8]| {
@@ -363,7 +392,12 @@ impl Exchange {
         }
     }
 
-    fn into_call(mut self, end_ns: u64, aborted: bool, stats: &mut AssembleStats) -> Option<LlmCall> {
+    fn into_call(
+        mut self,
+        end_ns: u64,
+        aborted: bool,
+        stats: &mut AssembleStats,
+    ) -> Option<LlmCall> {
         let target = self.target.take()?;
         let request = self.request.take().unwrap_or_default();
         let status = self.response.as_ref().map(|r| r.status);
@@ -379,7 +413,10 @@ impl Exchange {
                 streaming = false;
                 if success {
                     let ts = self.first_body_ns.unwrap_or(end_ns);
-                    if decode::body(api, &mut self.obs, &body, ts).is_err() && !truncated && !aborted {
+                    if decode::body(api, &mut self.obs, &body, ts).is_err()
+                        && !truncated
+                        && !aborted
+                    {
                         stats.bad_json += 1;
                     }
                     self.obs.first_token_ns = self.first_body_ns;
@@ -428,7 +465,10 @@ impl Exchange {
             usage = self.estimate(&target, &request);
             stats.estimated += 1;
         }
-        let retry_after_s = self.response.as_ref().and_then(|r| status::retry_after_s(&r.headers));
+        let retry_after_s = self
+            .response
+            .as_ref()
+            .and_then(|r| status::retry_after_s(&r.headers));
         let request_model = request.model.or(target.path_model);
         let first_token_ns = self.obs.first_token_ns;
         let request_end_ns = self
@@ -471,7 +511,12 @@ impl Exchange {
     }
 }
 
-fn choose_framing(api: Api, head: Option<&ResponseHead>, first: Option<u8>, limits: &Limits) -> Framing {
+fn choose_framing(
+    api: Api,
+    head: Option<&ResponseHead>,
+    first: Option<u8>,
+    limits: &Limits,
+) -> Framing {
     let json = || Framing::Json {
         body: Vec::new(),
         truncated: false,
@@ -490,7 +535,10 @@ fn choose_framing(api: Api, head: Option<&ResponseHead>, first: Option<u8>, limi
     if sse {
         return Framing::Sse(SseParser::new(limits.max_stream_item));
     }
-    let ollama = matches!(api, Api::OllamaChat | Api::OllamaGenerate | Api::OllamaEmbed);
+    let ollama = matches!(
+        api,
+        Api::OllamaChat | Api::OllamaGenerate | Api::OllamaEmbed
+    );
     if content_type.contains("ndjson") || (ollama && !content_type.contains("application/json")) {
         return Framing::Lines(LineSplitter::new(limits.max_stream_item));
     }

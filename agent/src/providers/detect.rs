@@ -227,15 +227,27 @@ mod tests {
 
     #[test]
     fn hosts() {
-        assert_eq!(provider_for_host("api.openai.com:443"), Some(Provider::Openai));
-        assert_eq!(provider_for_host("x.openai.azure.com"), Some(Provider::AzureOpenai));
+        assert_eq!(
+            provider_for_host("api.openai.com:443"),
+            Some(Provider::Openai)
+        );
+        assert_eq!(
+            provider_for_host("x.openai.azure.com"),
+            Some(Provider::AzureOpenai)
+        );
         assert_eq!(provider_for_host("evilopenai.azure.com"), None);
-        assert_eq!(provider_for_host("API.Anthropic.com"), Some(Provider::Anthropic));
+        assert_eq!(
+            provider_for_host("API.Anthropic.com"),
+            Some(Provider::Anthropic)
+        );
         assert_eq!(
             provider_for_host("us-central1-aiplatform.googleapis.com"),
             Some(Provider::Gemini)
         );
-        assert_eq!(provider_for_host("openrouter.ai"), Some(Provider::OpenaiCompatible));
+        assert_eq!(
+            provider_for_host("openrouter.ai"),
+            Some(Provider::OpenaiCompatible)
+        );
         assert_eq!(provider_for_host("[::1]:8000"), None);
         assert_eq!(provider_for_host("example.com"), None);
     }
@@ -244,22 +256,40 @@ mod tests {
     fn paths() {
         use Api::*;
         use Provider::*;
-        assert_eq!(detect("api.openai.com", "/v1/chat/completions"), Some((Openai, ChatCompletions, None)));
+        assert_eq!(
+            detect("api.openai.com", "/v1/chat/completions"),
+            Some((Openai, ChatCompletions, None))
+        );
         assert_eq!(
             detect("localhost:8000", "/v1/chat/completions"),
             Some((OpenaiCompatible, ChatCompletions, None))
         );
         assert_eq!(
-            detect("r.openai.azure.com", "/openai/deployments/gpt4o-prod/chat/completions"),
+            detect(
+                "r.openai.azure.com",
+                "/openai/deployments/gpt4o-prod/chat/completions"
+            ),
             Some((AzureOpenai, ChatCompletions, Some("gpt4o-prod".into())))
         );
-        assert_eq!(detect("api.groq.com", "/openai/v1/chat/completions").map(|t| t.0), Some(OpenaiCompatible));
-        assert_eq!(detect("h", "/v1/completions").map(|t| t.1), Some(Completions));
+        assert_eq!(
+            detect("api.groq.com", "/openai/v1/chat/completions").map(|t| t.0),
+            Some(OpenaiCompatible)
+        );
+        assert_eq!(
+            detect("h", "/v1/completions").map(|t| t.1),
+            Some(Completions)
+        );
         assert_eq!(detect("h", "/v1/responses").map(|t| t.1), Some(Responses));
         assert_eq!(detect("h", "/v1/embeddings").map(|t| t.1), Some(Embeddings));
-        assert_eq!(detect("api.anthropic.com", "/v1/messages").map(|t| t.0), Some(Anthropic));
         assert_eq!(
-            detect("generativelanguage.googleapis.com", "/v1beta/models/gemini-2.0-flash:streamGenerateContent"),
+            detect("api.anthropic.com", "/v1/messages").map(|t| t.0),
+            Some(Anthropic)
+        );
+        assert_eq!(
+            detect(
+                "generativelanguage.googleapis.com",
+                "/v1beta/models/gemini-2.0-flash:streamGenerateContent"
+            ),
             Some((Gemini, GenerateContent, Some("gemini-2.0-flash".into())))
         );
         assert_eq!(
@@ -270,7 +300,10 @@ mod tests {
             .and_then(|t| t.2),
             Some("gemini-1.5-pro".into())
         );
-        assert_eq!(detect("h:11434", "/api/embeddings").map(|t| t.1), Some(OllamaEmbed));
+        assert_eq!(
+            detect("h:11434", "/api/embeddings").map(|t| t.1),
+            Some(OllamaEmbed)
+        );
         assert_eq!(detect("h", "/v1/messages/count_tokens"), None);
         assert_eq!(detect("h", "/healthz"), None);
     }

@@ -89,9 +89,22 @@ pub fn estimate_request_input(body: &[u8]) -> Option<u64> {
     Some(total + if messages > 0 { 3 * messages + 3 } else { 0 })
 }
 
-fn walk(value: &serde_json::Value, text_key: bool, total: &mut u64, messages: &mut u64, depth: u32) {
+fn walk(
+    value: &serde_json::Value,
+    text_key: bool,
+    total: &mut u64,
+    messages: &mut u64,
+    depth: u32,
+) {
     const TEXT_KEYS: [&str; 8] = [
-        "content", "text", "prompt", "input", "system", "instructions", "arguments", "messages",
+        "content",
+        "text",
+        "prompt",
+        "input",
+        "system",
+        "instructions",
+        "arguments",
+        "messages",
     ];
     if depth > 64 {
         return;
@@ -108,7 +121,13 @@ fn walk(value: &serde_json::Value, text_key: bool, total: &mut u64, messages: &m
                 *messages += 1;
             }
             for (key, v) in map {
-                walk(v, TEXT_KEYS.contains(&key.as_str()), total, messages, depth + 1);
+                walk(
+                    v,
+                    TEXT_KEYS.contains(&key.as_str()),
+                    total,
+                    messages,
+                    depth + 1,
+                );
             }
         }
         _ => {}
@@ -223,7 +242,10 @@ mod tests {
         );
         assert!(total_err < 0.05, "total error {total_err}");
         assert!(worst < 0.25, "worst per-text error {worst}");
-        assert!(abs_err * 2.0 < abs_err_bytes4, "not clearly better than bytes/4");
+        assert!(
+            abs_err * 2.0 < abs_err_bytes4,
+            "not clearly better than bytes/4"
+        );
     }
 
     #[test]

@@ -63,7 +63,12 @@ struct GenerateResponse<'a> {
 }
 
 /// One streamed chunk (`streaming`) or a complete response.
-pub(crate) fn chunk(obs: &mut Observed, data: &[u8], ts_ns: u64, streaming: bool) -> Result<(), BadJson> {
+pub(crate) fn chunk(
+    obs: &mut Observed,
+    data: &[u8],
+    ts_ns: u64,
+    streaming: bool,
+) -> Result<(), BadJson> {
     let r: GenerateResponse<'_> = serde_json::from_slice(data)?;
     obs.model(r.model_version.as_deref());
     let mut content = false;
@@ -94,7 +99,9 @@ pub(crate) fn chunk(obs: &mut Observed, data: &[u8], ts_ns: u64, streaming: bool
         obs.usage_reported();
     }
     if let Some(e) = r.error {
-        obs.error_type = Some(classify_stream_error(e.status.as_deref().unwrap_or("error")));
+        obs.error_type = Some(classify_stream_error(
+            e.status.as_deref().unwrap_or("error"),
+        ));
         obs.terminal = true;
     }
     if streaming && content {

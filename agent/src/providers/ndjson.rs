@@ -219,6 +219,11 @@ impl JsonArraySplitter {
                 b'{' | b'[' => self.depth = self.depth.saturating_add(1),
                 b'}' | b']' if self.depth > 0 => {
                     self.depth -= 1;
+                    if self.depth == 0 {
+                        // An object or array element ends at its closing
+                        // bracket: emit it now rather than at the next comma.
+                        return (i + j + 1, true);
+                    }
                 }
                 b',' | b']' => return (i + j, true),
                 // A stray `}` at the top: malformed, kept as element bytes.

@@ -39,7 +39,12 @@ struct Line<'a> {
 }
 
 /// One NDJSON line (`streaming`) or a complete response.
-pub(crate) fn line(obs: &mut Observed, data: &[u8], ts_ns: u64, streaming: bool) -> Result<(), BadJson> {
+pub(crate) fn line(
+    obs: &mut Observed,
+    data: &[u8],
+    ts_ns: u64,
+    streaming: bool,
+) -> Result<(), BadJson> {
     let l: Line<'_> = serde_json::from_slice(data)?;
     obs.model(l.model.as_deref());
     let mut content = false;

@@ -33,7 +33,10 @@ fn apply_usage(obs: &mut Observed, u: OaUsage) {
     let output_details = u.completion_tokens_details.or(u.output_tokens_details);
     let usage = &mut obs.usage;
     set(&mut usage.input_tokens, u.prompt_tokens.or(u.input_tokens));
-    set(&mut usage.output_tokens, u.completion_tokens.or(u.output_tokens));
+    set(
+        &mut usage.output_tokens,
+        u.completion_tokens.or(u.output_tokens),
+    );
     set(
         &mut usage.cache_read_tokens,
         input_details.and_then(|d| d.cached_tokens),

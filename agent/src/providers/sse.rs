@@ -265,7 +265,8 @@ mod tests {
 
     #[test]
     fn oversized_event_is_skipped_and_counted_the_same_for_any_split() {
-        let input = b"data: small\n\ndata: 0123456789abcdef\ndata: more\n\nevent: e\ndata: after\n\n";
+        let input =
+            b"data: small\n\ndata: 0123456789abcdef\ndata: more\n\nevent: e\ndata: after\n\n";
         let (events, over) = all_splits(input, 12);
         assert_eq!(over, 1);
         assert_eq!(

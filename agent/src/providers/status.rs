@@ -33,7 +33,9 @@ pub(crate) fn classify_stream_error(kind: &str) -> String {
         "insufficient_quota" => "insufficient_quota".into(),
         "api_error" | "server_error" | "INTERNAL" | "UNAVAILABLE" => "server_error".into(),
         "authentication_error" | "permission_error" => "auth".into(),
-        "invalid_request_error" | "not_found_error" | "INVALID_ARGUMENT" => "invalid_request".into(),
+        "invalid_request_error" | "not_found_error" | "INVALID_ARGUMENT" => {
+            "invalid_request".into()
+        }
         other => other.chars().take(64).collect(),
     }
 }
@@ -65,10 +67,7 @@ pub(crate) fn http_date(value: &str) -> Option<i64> {
     let mut month = None;
     let mut year = None;
     let mut time = None;
-    for token in value
-        .split(|c: char| c == ' ' || c == ',' || c == '-')
-        .filter(|t| !t.is_empty())
-    {
+    for token in value.split([' ', ',', '-']).filter(|t| !t.is_empty()) {
         if token.contains(':') {
             let mut parts = token.split(':').map(|p| p.parse::<i64>().ok());
             let (h, m, s) = (parts.next()??, parts.next()??, parts.next()??);
@@ -131,11 +130,20 @@ mod tests {
     #[test]
     fn http_dates_in_all_three_forms() {
         // 784111777 is 1994-11-06T08:49:37Z (RFC 9110's example).
-        assert_eq!(http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
-        assert_eq!(http_date("Sunday, 06-Nov-94 08:49:37 GMT"), Some(784_111_777));
+        assert_eq!(
+            http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(
+            http_date("Sunday, 06-Nov-94 08:49:37 GMT"),
+            Some(784_111_777)
+        );
         assert_eq!(http_date("Sun Nov  6 08:49:37 1994"), Some(784_111_777));
         assert_eq!(http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
-        assert_eq!(http_date("Tue, 29 Feb 2028 23:59:59 GMT"), Some(1_835_481_599));
+        assert_eq!(
+            http_date("Tue, 29 Feb 2028 23:59:59 GMT"),
+            Some(1_835_481_599)
+        );
         assert_eq!(http_date("garbage"), None);
         assert_eq!(http_date("Sun, 06 Nov 1994 25:49:37 GMT"), None);
     }
@@ -143,20 +151,32 @@ mod tests {
     #[test]
     fn retry_after_forms() {
         assert_eq!(retry_after_s(&[h("retry-after", "20")]), Some(20.0));
-        assert_eq!(retry_after_s(&[h("retry-after", "1.5"), h("retry-after-ms", "250")]), Some(0.25));
+        assert_eq!(
+            retry_after_s(&[h("retry-after", "1.5"), h("retry-after-ms", "250")]),
+            Some(0.25)
+        );
         let dated = [
             h("date", "Wed, 21 Oct 2015 07:28:00 GMT"),
             h("retry-after", "Wed, 21 Oct 2015 07:28:45 GMT"),
         ];
         assert_eq!(retry_after_s(&dated), Some(45.0));
-        assert_eq!(retry_after_s(&[h("retry-after", "Wed, 21 Oct 2015 07:28:45 GMT")]), None);
+        assert_eq!(
+            retry_after_s(&[h("retry-after", "Wed, 21 Oct 2015 07:28:45 GMT")]),
+            None
+        );
         assert_eq!(retry_after_s(&[h("retry-after", "-3")]), None);
     }
 
     #[test]
     fn classification() {
-        assert_eq!(classify(429, Some("insufficient_quota"), None), "insufficient_quota");
-        assert_eq!(classify(429, Some("requests"), Some("rate_limit_exceeded")), "rate_limited");
+        assert_eq!(
+            classify(429, Some("insufficient_quota"), None),
+            "insufficient_quota"
+        );
+        assert_eq!(
+            classify(429, Some("requests"), Some("rate_limit_exceeded")),
+            "rate_limited"
+        );
         assert_eq!(classify(529, Some("overloaded_error"), None), "overloaded");
         assert_eq!(classify(401, None, None), "auth");
         assert_eq!(classify(422, None, None), "invalid_request");

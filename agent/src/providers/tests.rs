@@ -1,0 +1,498 @@
+//! Replays the exchanges recorded from the real SDKs
+//! (`tests/fixtures/providers/record.py`) through `CallAssembler` and checks
+//! the decoded calls against the expectations written by the recorder.
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use super::{AssembleStats, CallAssembler, Limits};
+use crate::protocols::event::{AbortReason, Header, HttpEvent, RequestHead, ResponseHead};
+use crate::record::{LlmCall, Usage};
+
+macro_rules! fixtures {
+    ($($name:literal),* $(,)?) => {
+        [$(($name, include_str!(concat!("../../../tests/fixtures/providers/exchanges/", $name, ".json")))),*]
+    };
+}
+
+const FIXTURES: [(&str, &str); 28] = fixtures!(
+    "openai_chat",
+    "openai_chat_stream_usage",
+    "openai_compatible_stream_no_usage",
+    "openai_chat_stream_cut",
+    "openai_completions_legacy",
+    "openai_responses",
+    "openai_responses_stream",
+    "openai_embeddings",
+    "openai_429_rate_limited",
+    "openai_429_insufficient_quota",
+    "openai_400_invalid",
+    "azure_openai_chat",
+    "anthropic_messages",
+    "anthropic_messages_stream",
+    "anthropic_stream_cut",
+    "anthropic_stream_overloaded_midway",
+    "anthropic_429_retry_date",
+    "anthropic_529_overloaded",
+    "gemini_generate",
+    "gemini_stream_sse",
+    "gemini_stream_json_array",
+    "gemini_429",
+    "ollama_chat",
+    "ollama_chat_stream",
+    "ollama_generate_stream",
+    "ollama_embed",
+    "ollama_embeddings_legacy",
+    "ollama_404_model",
+);
+
+#[derive(Deserialize)]
+struct Fixture {
+    scenario: String,
+    request: Request,
+    response: Response,
+    expected: Expected,
+    estimate_reference: Option<EstimateReference>,
+}
+
+#[derive(Deserialize)]
+struct Request {
+    method: String,
+    path: String,
+    authority: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+#[derive(Deserialize)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    chunks: Vec<String>,
+    cut: bool,
+}
+
+#[derive(Deserialize)]
+struct Expected {
+    provider: crate::record::Provider,
+    api: crate::record::Api,
+    request_model: Option<String>,
+    response_model: Option<String>,
+    streaming: bool,
+    status: Option<u16>,
+    error_type: Option<String>,
+    usage: Usage,
+    finish_reason: Option<String>,
+    retry_after_s: Option<f64>,
+    output_chunks: u32,
+    first_token_chunk: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct EstimateReference {
+    input_o200k: u64,
+    output_o200k: Option<u64>,
+}
+
+const T_REQUEST: u64 = 1_000;
+const T_REQUEST_END: u64 = 1_200;
+const T_RESPONSE: u64 = 2_000;
+const T_BODY: u64 = 3_000;
+
+fn chunk_ts(i: usize) -> u64 {
+    T_BODY + 10 * i as u64
+}
+
+fn headers(pairs: &[(String, String)]) -> Vec<Header> {
+    pairs
+        .iter()
+        .filter(|(n, _)| n != "host")
+        .map(|(n, v)| Header {
+            name: n.clone(),
+            value: v.clone(),
+        })
+        .collect()
+}
+
+/// The events helper A's HTTP parser would emit for the exchange, with the
+/// response body delivered as `chunks`.
+fn events(f: &Fixture, stream: u64, chunks: &[Vec<u8>]) -> Vec<HttpEvent> {
+    let mut evs = vec![
+        HttpEvent::Request {
+            stream,
+            head: RequestHead {
+                method: f.request.method.clone(),
+                path: f.request.path.clone(),
+                authority: Some(f.request.authority.clone()),
+                headers: headers(&f.request.headers),
+            },
+            ts_ns: T_REQUEST,
+        },
+        HttpEvent::RequestBody {
+            stream,
+            data: Bytes::from(f.request.body.clone()),
+            ts_ns: T_REQUEST + 100,
+        },
+        HttpEvent::RequestEnd {
+            stream,
+            ts_ns: T_REQUEST_END,
+        },
+        HttpEvent::Response {
+            stream,
+            head: ResponseHead {
+                status: f.response.status,
+                headers: headers(&f.response.headers),
+            },
+            ts_ns: T_RESPONSE,
+        },
+    ];
+    for (i, c) in chunks.iter().enumerate() {
+        evs.push(HttpEvent::ResponseBody {
+            stream,
+            data: Bytes::from(c.clone()),
+            ts_ns: chunk_ts(i),
+        });
+    }
+    let end = chunk_ts(chunks.len());
+    evs.push(if f.response.cut {
+        HttpEvent::Abort {
+            stream,
+            reason: AbortReason::Closed,
+            ts_ns: end,
+        }
+    } else {
+        HttpEvent::ResponseEnd { stream, ts_ns: end }
+    });
+    evs
+}
+
+fn run(evs: Vec<HttpEvent>) -> (Vec<LlmCall>, AssembleStats) {
+    let mut asm = CallAssembler::new(Limits::default());
+    let mut out = Vec::new();
+    for ev in evs {
+        asm.on_event(ev, &mut out);
+    }
+    asm.close(u64::MAX, &mut out);
+    (out, asm.stats().clone())
+}
+
+fn load(name: &str, text: &str) -> Fixture {
+    let f: Fixture = serde_json::from_str(text).unwrap_or_else(|e| panic!("fixture {name}: {e}"));
+    assert_eq!(f.scenario, name);
+    f
+}
+
+fn recorded_chunks(f: &Fixture) -> Vec<Vec<u8>> {
+    f.response
+        .chunks
+        .iter()
+        .map(|c| c.as_bytes().to_vec())
+        .collect()
+}
+
+fn within(estimate: Option<u64>, truth: u64, tolerance: f64) -> bool {
+    estimate.is_some_and(|e| (e as f64 - truth as f64).abs() <= tolerance * truth as f64 + 2.0)
+}
+
+#[test]
+fn recorded_exchanges_decode_to_the_expected_calls() {
+    for (name, text) in FIXTURES {
+        let f = load(name, text);
+        let chunks = recorded_chunks(&f);
+        let (calls, stats) = run(events(&f, 0, &chunks));
+        assert_eq!(calls.len(), 1, "{name}: {stats:?}");
+        let Some(call) = calls.into_iter().next() else {
+            continue;
+        };
+        let e = &f.expected;
+        let mut usage = e.usage.clone();
+        if usage.estimated {
+            let reference = f
+                .estimate_reference
+                .as_ref()
+                .unwrap_or_else(|| panic!("{name}: no o200k reference"));
+            assert!(call.usage.estimated, "{name}");
+            assert!(
+                within(call.usage.input_tokens, reference.input_o200k, 0.3),
+                "{name}: input estimate {:?} vs o200k {}",
+                call.usage.input_tokens,
+                reference.input_o200k
+            );
+            if let Some(out) = reference.output_o200k {
+                assert!(
+                    within(call.usage.output_tokens, out, 0.3),
+                    "{name}: output estimate {:?} vs o200k {out}",
+                    call.usage.output_tokens
+                );
+            }
+            usage = call.usage.clone();
+            assert_eq!(stats.estimated, 1, "{name}");
+        }
+        let expected = LlmCall {
+            provider: e.provider,
+            api: e.api,
+            host: Some(f.request.authority.clone()),
+            path: f.request.path.clone(),
+            request_model: e.request_model.clone(),
+            response_model: e.response_model.clone(),
+            streaming: e.streaming,
+            status: e.status,
+            error_type: e.error_type.clone(),
+            usage,
+            finish_reason: e.finish_reason.clone(),
+            retry_after_s: e.retry_after_s,
+            start_ns: T_REQUEST,
+            request_end_ns: T_REQUEST_END,
+            response_start_ns: Some(T_RESPONSE),
+            first_token_ns: e.first_token_chunk.map(|i| chunk_ts(i as usize)),
+            end_ns: chunk_ts(chunks.len()),
+            output_chunks: e.output_chunks,
+            bytes_sent: f.request.body.len() as u64,
+            bytes_received: chunks.iter().map(|c| c.len() as u64).sum(),
+        };
+        assert_eq!(call, expected, "{name}");
+        assert_eq!(stats.bad_json, 0, "{name}");
+        assert_eq!(
+            stats.incomplete,
+            u64::from(e.error_type.as_deref() == Some("incomplete")),
+            "{name}"
+        );
+    }
+}
+
+/// Timestamps depend on where the bytes were split; nothing else may.
+fn without_times(mut call: LlmCall) -> LlmCall {
+    call.first_token_ns = call.first_token_ns.map(|_| 0);
+    call.end_ns = 0;
+    call
+}
+
+fn split_runs(f: &Fixture, body: &[u8], cuts: &[usize]) -> LlmCall {
+    let mut chunks = Vec::new();
+    let mut from = 0;
+    for &cut in cuts {
+        chunks.push(body.get(from..cut).unwrap_or_default().to_vec());
+        from = cut;
+    }
+    chunks.push(body.get(from..).unwrap_or_default().to_vec());
+    let (calls, _) = run(events(f, 0, &chunks));
+    let call = calls
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("{}: no call", f.scenario));
+    without_times(call)
+}
+
+#[test]
+fn any_chunking_of_the_response_gives_the_same_call() {
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move |bound: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % bound.max(1) as u64) as usize
+    };
+    for (name, text) in FIXTURES {
+        let f = load(name, text);
+        let body: Vec<u8> = f.response.chunks.concat().into_bytes();
+        let reference = split_runs(&f, &body, &[]);
+        for cut in 0..=body.len() {
+            assert_eq!(
+                split_runs(&f, &body, &[cut]),
+                reference,
+                "{name}: split at {cut}"
+            );
+        }
+        let bytes: Vec<usize> = (1..body.len()).collect();
+        assert_eq!(
+            split_runs(&f, &body, &bytes),
+            reference,
+            "{name}: byte by byte"
+        );
+        for _ in 0..20 {
+            let mut cuts: Vec<usize> = (0..next(12)).map(|_| next(body.len() + 1)).collect();
+            cuts.sort_unstable();
+            assert_eq!(
+                split_runs(&f, &body, &cuts),
+                reference,
+                "{name}: cuts {cuts:?}"
+            );
+        }
+    }
+}
+
+fn fixture(name: &str) -> Fixture {
+    let text = FIXTURES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
+        .unwrap_or_else(|| panic!("no fixture {name}"));
+    load(name, text)
+}
+
+#[test]
+fn interleaved_http2_streams_are_kept_apart() {
+    let a = fixture("anthropic_messages_stream");
+    let b = fixture("openai_chat_stream_usage");
+    let ea = events(&a, 1, &recorded_chunks(&a));
+    let eb = events(&b, 3, &recorded_chunks(&b));
+    let mut merged = Vec::new();
+    let (mut ia, mut ib) = (ea.into_iter(), eb.into_iter());
+    loop {
+        match (ia.next(), ib.next()) {
+            (None, None) => break,
+            (x, y) => merged.extend(x.into_iter().chain(y)),
+        }
+    }
+    let (mut calls, _) = run(merged);
+    calls.sort_by(|x, y| x.response_model.cmp(&y.response_model));
+    let seen: Vec<_> = calls
+        .iter()
+        .map(|c| {
+            (
+                c.response_model.as_deref(),
+                c.usage.output_tokens,
+                c.output_chunks,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (Some("claude-haiku-4-5-20251001"), Some(15), 3),
+            (Some("gpt-4o-mini-2024-07-18"), Some(4), 3)
+        ]
+    );
+}
+
+fn request(path: &str, method: &str, authority: &str, body: &str) -> Vec<HttpEvent> {
+    vec![
+        HttpEvent::Request {
+            stream: 0,
+            head: RequestHead {
+                method: method.into(),
+                path: path.into(),
+                authority: Some(authority.into()),
+                headers: Vec::new(),
+            },
+            ts_ns: 1,
+        },
+        HttpEvent::RequestBody {
+            stream: 0,
+            data: Bytes::from(body.to_string()),
+            ts_ns: 2,
+        },
+        HttpEvent::RequestEnd {
+            stream: 0,
+            ts_ns: 3,
+        },
+    ]
+}
+
+fn json_response(body: &str) -> Vec<HttpEvent> {
+    vec![
+        HttpEvent::Response {
+            stream: 0,
+            head: ResponseHead {
+                status: 200,
+                headers: vec![Header {
+                    name: "content-type".into(),
+                    value: "application/json".into(),
+                }],
+            },
+            ts_ns: 4,
+        },
+        HttpEvent::ResponseBody {
+            stream: 0,
+            data: Bytes::from(body.to_string()),
+            ts_ns: 5,
+        },
+        HttpEvent::ResponseEnd {
+            stream: 0,
+            ts_ns: 6,
+        },
+    ]
+}
+
+#[test]
+fn non_llm_http_produces_nothing_and_is_counted() {
+    let mut evs = request("/healthz", "GET", "localhost:8000", "");
+    evs.extend(json_response("{\"ok\":true}"));
+    let mut post = request("/api/orders", "POST", "shop:80", "{\"id\":7,\"items\":[]}");
+    for e in &mut post {
+        if let HttpEvent::Request { stream, .. }
+        | HttpEvent::RequestBody { stream, .. }
+        | HttpEvent::RequestEnd { stream, .. } = e
+        {
+            *stream = 1;
+        }
+    }
+    evs.extend(post);
+    let (calls, stats) = run(evs);
+    assert!(calls.is_empty());
+    assert_eq!((stats.not_llm, stats.orphan_events), (2, 0));
+}
+
+#[test]
+fn unknown_path_is_recognised_by_body_shape_and_model_after_large_messages() {
+    let big = "x".repeat(300_000);
+    let body = format!(
+        "{{\"messages\":[{{\"role\":\"user\",\"content\":\"{big}\"}}],\"temperature\":0.2,\"model\":\"llama-3.1-8b\"}}"
+    );
+    let mut evs = request("/proxy/llm", "POST", "10.0.0.7:4000", &body);
+    evs.extend(json_response(
+        r#"{"object":"chat.completion","model":"llama-3.1-8b","choices":[{"message":{"content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":75001,"completion_tokens":1}}"#,
+    ));
+    let (calls, _) = run(evs);
+    let call = calls.first().unwrap_or_else(|| panic!("no call"));
+    assert_eq!(call.provider, crate::record::Provider::OpenaiCompatible);
+    assert_eq!(call.request_model.as_deref(), Some("llama-3.1-8b"));
+    assert_eq!(call.usage.input_tokens, Some(75_001));
+}
+
+#[test]
+fn request_cut_at_its_bound_keeps_fields_seen_before_the_cut() {
+    let big = "y".repeat(2 << 20);
+    let body = format!(
+        "{{\"model\":\"gpt-4o\",\"stream\":true,\"messages\":[{{\"content\":\"{big}\"}}]}}"
+    );
+    let mut evs = request("/v1/chat/completions", "POST", "api.openai.com", &body);
+    evs.push(HttpEvent::Abort {
+        stream: 0,
+        reason: AbortReason::Reset,
+        ts_ns: 9,
+    });
+    let (calls, stats) = run(evs);
+    let call = calls.first().unwrap_or_else(|| panic!("no call"));
+    assert_eq!(call.request_model.as_deref(), Some("gpt-4o"));
+    assert_eq!(
+        (call.status, call.error_type.as_deref()),
+        (None, Some("incomplete"))
+    );
+    assert_eq!(call.bytes_sent, body.len() as u64);
+    assert_eq!((stats.truncated_bodies, stats.incomplete), (1, 1));
+}
+
+#[test]
+fn close_flushes_open_exchanges_and_stream_limit_is_enforced() {
+    let f = fixture("openai_chat_stream_usage");
+    let chunks = recorded_chunks(&f);
+    let mut asm = CallAssembler::new(Limits {
+        max_open_streams: 2,
+        ..Limits::default()
+    });
+    let mut out = Vec::new();
+    for stream in [1u64, 3, 5] {
+        // Everything but the end: request, head and the first two chunks.
+        for ev in events(&f, stream, &chunks).into_iter().take(6) {
+            asm.on_event(ev, &mut out);
+        }
+    }
+    assert!(out.is_empty());
+    asm.close(99_999, &mut out);
+    assert_eq!(out.len(), 2);
+    assert!(out
+        .iter()
+        .all(|c| c.error_type.as_deref() == Some("incomplete") && c.end_ns == 99_999));
+    assert_eq!(asm.stats().too_many_streams, 1);
+}
