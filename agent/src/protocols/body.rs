@@ -43,7 +43,8 @@ impl Write for Sink {
             return Err(io::Error::other("decoded body bound reached"));
         }
         let n = data.len().min(room);
-        self.buf.extend_from_slice(data.get(..n).unwrap_or_default());
+        self.buf
+            .extend_from_slice(data.get(..n).unwrap_or_default());
         Ok(n)
     }
 
@@ -136,8 +137,8 @@ fn new_stage(token: &str) -> Result<Option<Stage>, UnsupportedEncoding> {
             BROTLI_BUFFER,
         ))),
         "zstd" => {
-            let mut d =
-                zstd::stream::write::Decoder::new(Sink::default()).map_err(|_| UnsupportedEncoding)?;
+            let mut d = zstd::stream::write::Decoder::new(Sink::default())
+                .map_err(|_| UnsupportedEncoding)?;
             d.window_log_max(ZSTD_WINDOW_LOG_MAX)
                 .map_err(|_| UnsupportedEncoding)?;
             Stage::Zstd(d)
@@ -159,7 +160,10 @@ pub struct BodyDecoder {
 
 impl BodyDecoder {
     /// A decoder for a `content-encoding` header value (absent: identity).
-    pub fn new(content_encoding: Option<&str>, limits: &Limits) -> Result<Self, UnsupportedEncoding> {
+    pub fn new(
+        content_encoding: Option<&str>,
+        limits: &Limits,
+    ) -> Result<Self, UnsupportedEncoding> {
         let mut stages = Vec::new();
         if let Some(value) = content_encoding {
             let tokens: Vec<String> = value
@@ -276,7 +280,12 @@ mod tests {
         e.finish().unwrap()
     }
 
-    fn decode_in_pieces(enc: Option<&str>, data: &[u8], piece: usize, limits: &Limits) -> Result<Vec<u8>, BodyError> {
+    fn decode_in_pieces(
+        enc: Option<&str>,
+        data: &[u8],
+        piece: usize,
+        limits: &Limits,
+    ) -> Result<Vec<u8>, BodyError> {
         let mut d = BodyDecoder::new(enc, limits).unwrap();
         let mut out = Vec::new();
         for chunk in data.chunks(piece.max(1)) {
@@ -288,7 +297,9 @@ mod tests {
 
     #[test]
     fn every_coding_round_trips_byte_by_byte() {
-        let text: Vec<u8> = (0..20_000u32).flat_map(|i| format!("data: {i}\n\n").into_bytes()).collect();
+        let text: Vec<u8> = (0..20_000u32)
+            .flat_map(|i| format!("data: {i}\n\n").into_bytes())
+            .collect();
         let limits = Limits::default();
         let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
         zlib.write_all(&text).unwrap();
@@ -349,19 +360,40 @@ mod tests {
 
     #[test]
     fn identity_past_max_body_is_too_large() {
-        let limits = Limits { max_body: 10, ..Limits::default() };
-        assert_eq!(decode_in_pieces(None, b"0123456789", 3, &limits), Ok(b"0123456789".to_vec()));
-        assert_eq!(decode_in_pieces(None, b"0123456789a", 3, &limits), Err(BodyError::TooLarge));
+        let limits = Limits {
+            max_body: 10,
+            ..Limits::default()
+        };
+        assert_eq!(
+            decode_in_pieces(None, b"0123456789", 3, &limits),
+            Ok(b"0123456789".to_vec())
+        );
+        assert_eq!(
+            decode_in_pieces(None, b"0123456789a", 3, &limits),
+            Err(BodyError::TooLarge)
+        );
     }
 
     #[test]
     fn corrupt_and_truncated_data_is_an_error() {
         let limits = Limits::default();
-        assert_eq!(decode_in_pieces(Some("gzip"), b"not gzip at all", 4, &limits), Err(BodyError::Corrupt));
+        assert_eq!(
+            decode_in_pieces(Some("gzip"), b"not gzip at all", 4, &limits),
+            Err(BodyError::Corrupt)
+        );
         let gz = gzip(b"hello world hello world");
-        assert_eq!(decode_in_pieces(Some("gzip"), &gz[..gz.len() - 6], 4, &limits), Err(BodyError::Corrupt));
-        assert_eq!(decode_in_pieces(Some("zstd"), b"\x28\xb5\x2f\xfdgarbage!!", 4, &limits), Err(BodyError::Corrupt));
-        assert_eq!(decode_in_pieces(Some("br"), &[0xff; 32], 4, &limits), Err(BodyError::Corrupt));
+        assert_eq!(
+            decode_in_pieces(Some("gzip"), &gz[..gz.len() - 6], 4, &limits),
+            Err(BodyError::Corrupt)
+        );
+        assert_eq!(
+            decode_in_pieces(Some("zstd"), b"\x28\xb5\x2f\xfdgarbage!!", 4, &limits),
+            Err(BodyError::Corrupt)
+        );
+        assert_eq!(
+            decode_in_pieces(Some("br"), &[0xff; 32], 4, &limits),
+            Err(BodyError::Corrupt)
+        );
         assert!(BodyDecoder::new(Some("compress"), &limits).is_err());
     }
 }

@@ -120,7 +120,7 @@ impl FrameHeader {
             RST_STREAM => self.stream != 0 && self.length == 4,
             SETTINGS => {
                 self.stream == 0
-                    && self.length % 6 == 0
+                    && self.length.is_multiple_of(6)
                     && (self.flags & 0x1 == 0 || self.length == 0)
             }
             PING => self.stream == 0 && self.length == 8,

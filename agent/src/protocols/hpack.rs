@@ -224,7 +224,9 @@ impl Decoder {
                 let index = read_int(&mut input, 7)?;
                 fields_seen = true;
                 match self.lookup(index)? {
-                    (Some(name), Some(value)) => push(&mut block, &mut list_size, self.max_list, name, value)?,
+                    (Some(name), Some(value)) => {
+                        push(&mut block, &mut list_size, self.max_list, name, value)?
+                    }
                     (name, _) => {
                         block.unknown += 1;
                         block.unknown_names += usize::from(name.is_none());
@@ -242,7 +244,11 @@ impl Decoder {
                 self.evict(0);
             } else {
                 fields_seen = true;
-                let (prefix, indexing) = if first & 0x40 != 0 { (6, true) } else { (4, false) };
+                let (prefix, indexing) = if first & 0x40 != 0 {
+                    (6, true)
+                } else {
+                    (4, false)
+                };
                 let name_index = read_int(&mut input, prefix)?;
                 let name = if name_index == 0 {
                     Some(read_string(&mut input)?)
@@ -277,7 +283,10 @@ impl Decoder {
             return Ok((Some((*name).to_string()), Some((*value).to_string())));
         }
         match self.table.get(index - STATIC_TABLE.len() - 1) {
-            Some(entry) => Ok((entry.name.clone(), entry.name.as_ref().map(|_| entry.value.clone()))),
+            Some(entry) => Ok((
+                entry.name.clone(),
+                entry.name.as_ref().map(|_| entry.value.clone()),
+            )),
             None if self.complete => Err(HpackError::BadIndex),
             None => Ok((None, None)),
         }
@@ -309,7 +318,13 @@ impl Decoder {
     }
 }
 
-fn push(block: &mut Block, list_size: &mut usize, max_list: usize, name: String, value: String) -> Result<(), HpackError> {
+fn push(
+    block: &mut Block,
+    list_size: &mut usize,
+    max_list: usize,
+    name: String,
+    value: String,
+) -> Result<(), HpackError> {
     *list_size += name.len() + value.len() + ENTRY_OVERHEAD;
     if *list_size > max_list {
         return Err(HpackError::ListTooLarge);
@@ -358,5 +373,6 @@ fn read_string(input: &mut &[u8]) -> Result<String, HpackError> {
     } else {
         raw.to_vec()
     };
-    Ok(String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+    Ok(String::from_utf8(bytes)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }

@@ -6,7 +6,10 @@ use std::collections::VecDeque;
 
 use super::body::{BodyDecoder, BodyError};
 use super::event::{AbortReason, Direction, Header, HttpEvent, RequestHead, ResponseHead};
-use super::{abort, clean_authority, clean_path, header_text, is_credential_header, target_authority, Limits, ParseStats};
+use super::{
+    abort, clean_authority, clean_path, header_text, is_credential_header, target_authority,
+    Limits, ParseStats,
+};
 
 const MAX_HEADERS: usize = 128;
 /// A chunk-size line (with extensions) longer than this is malformed.
@@ -101,7 +104,14 @@ impl Http1Parser {
         }
     }
 
-    pub fn feed(&mut self, dir: Direction, ts_ns: u64, data: &[u8], stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+    pub fn feed(
+        &mut self,
+        dir: Direction,
+        ts_ns: u64,
+        data: &[u8],
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) {
         let mut input = data;
         while !input.is_empty() && !self.stopped {
             let step = match self.side(dir).state {
@@ -119,7 +129,14 @@ impl Http1Parser {
         }
     }
 
-    pub fn gap(&mut self, dir: Direction, ts_ns: u64, lost: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+    pub fn gap(
+        &mut self,
+        dir: Direction,
+        ts_ns: u64,
+        lost: u64,
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) {
         if self.stopped {
             return;
         }
@@ -168,7 +185,13 @@ impl Http1Parser {
     }
 
     /// Ends parsing: every message still in flight is aborted with `reason`.
-    fn stop(&mut self, ts_ns: u64, reason: AbortReason, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+    fn stop(
+        &mut self,
+        ts_ns: u64,
+        reason: AbortReason,
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) {
         if reason == AbortReason::Malformed {
             stats.malformed += 1;
         }
@@ -207,7 +230,14 @@ impl Http1Parser {
         }
     }
 
-    fn feed_head(&mut self, dir: Direction, ts_ns: u64, input: &[u8], stats: &mut ParseStats, out: &mut Vec<HttpEvent>) -> Step {
+    fn feed_head(
+        &mut self,
+        dir: Direction,
+        ts_ns: u64,
+        input: &[u8],
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) -> Step {
         let max_head = self.limits.max_header_block;
         let side = self.side_mut(dir);
         let old_len = side.buf.len();
@@ -239,7 +269,7 @@ impl Http1Parser {
         let has_end = side
             .buf
             .get(search_from..)
-            .is_some_and(|tail| tail.windows(2).any(|w| w == b"\n\n" || w == b"\n\r") );
+            .is_some_and(|tail| tail.windows(2).any(|w| w == b"\n\n" || w == b"\n\r"));
         if !has_end {
             if side.buf.len() > max_head {
                 stats.too_large += 1;
@@ -270,12 +300,23 @@ impl Http1Parser {
         }
     }
 
-    fn too_large_head(&mut self, ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) -> Step {
+    fn too_large_head(
+        &mut self,
+        ts_ns: u64,
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) -> Step {
         self.stop(ts_ns, AbortReason::TooLarge, stats, out);
         Step::Wait
     }
 
-    fn parse_request(&mut self, buf: &[u8], ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) -> Parsed {
+    fn parse_request(
+        &mut self,
+        buf: &[u8],
+        ts_ns: u64,
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) -> Parsed {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         let n = match req.parse(buf) {
@@ -322,11 +363,26 @@ impl Http1Parser {
             },
             ts_ns,
         });
-        self.start_body(Direction::FromClient, stream, framing, encoding.as_deref(), true, ts_ns, stats, out);
+        self.start_body(
+            Direction::FromClient,
+            stream,
+            framing,
+            encoding.as_deref(),
+            true,
+            ts_ns,
+            stats,
+            out,
+        );
         Parsed::Done(n)
     }
 
-    fn parse_response(&mut self, buf: &[u8], ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) -> Parsed {
+    fn parse_response(
+        &mut self,
+        buf: &[u8],
+        ts_ns: u64,
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) -> Parsed {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut headers);
         let n = match resp.parse(buf) {
@@ -369,15 +425,30 @@ impl Http1Parser {
         if reported {
             out.push(HttpEvent::Response {
                 stream,
-                head: ResponseHead { status, headers: kept },
+                head: ResponseHead {
+                    status,
+                    headers: kept,
+                },
                 ts_ns,
             });
         }
-        self.start_body(Direction::FromServer, stream, framing, encoding.as_deref(), reported, ts_ns, stats, out);
+        self.start_body(
+            Direction::FromServer,
+            stream,
+            framing,
+            encoding.as_deref(),
+            reported,
+            ts_ns,
+            stats,
+            out,
+        );
         Parsed::Done(n)
     }
 
-    #[expect(clippy::too_many_arguments, reason = "one call site per direction; a struct would only rename them")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site per direction; a struct would only rename them"
+    )]
     fn start_body(
         &mut self,
         dir: Direction,
@@ -413,7 +484,14 @@ impl Http1Parser {
         self.side_mut(dir).state = State::Body(body);
     }
 
-    fn feed_body(&mut self, dir: Direction, ts_ns: u64, input: &[u8], stats: &mut ParseStats, out: &mut Vec<HttpEvent>) -> Step {
+    fn feed_body(
+        &mut self,
+        dir: Direction,
+        ts_ns: u64,
+        input: &[u8],
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) -> Step {
         let max_trailers = self.limits.max_header_block;
         let side = self.side_mut(dir);
         let State::Body(body) = &mut side.state else {
@@ -428,7 +506,14 @@ impl Http1Parser {
                 let take = input.len().min(usize::try_from(*rem).unwrap_or(usize::MAX));
                 *rem -= take as u64;
                 let done = *rem == 0;
-                deliver(body, dir, input.get(..take).unwrap_or_default(), ts_ns, stats, out);
+                deliver(
+                    body,
+                    dir,
+                    input.get(..take).unwrap_or_default(),
+                    ts_ns,
+                    stats,
+                    out,
+                );
                 if done {
                     finish_body(body, dir, ts_ns, stats, out);
                     side.state = State::Head;
@@ -441,20 +526,32 @@ impl Http1Parser {
                 if *rem == 0 {
                     body.framing = Framing::Chunked(Chunk::DataEnd);
                 }
-                deliver(body, dir, input.get(..take).unwrap_or_default(), ts_ns, stats, out);
+                deliver(
+                    body,
+                    dir,
+                    input.get(..take).unwrap_or_default(),
+                    ts_ns,
+                    stats,
+                    out,
+                );
                 Step::Consumed(take)
             }
             Framing::Chunked(chunk) => {
                 // Line-oriented parts: size line, CRLF after data, trailers.
                 let Some(nl) = input.iter().position(|b| *b == b'\n') else {
                     side.buf.extend_from_slice(input);
-                    let bound = if *chunk == Chunk::Trailers { max_trailers } else { MAX_CHUNK_LINE };
+                    let bound = if *chunk == Chunk::Trailers {
+                        max_trailers
+                    } else {
+                        MAX_CHUNK_LINE
+                    };
                     if side.buf.len() + side.trailer_bytes > bound {
                         return Step::Stop;
                     }
                     return Step::Wait;
                 };
-                side.buf.extend_from_slice(input.get(..nl).unwrap_or_default());
+                side.buf
+                    .extend_from_slice(input.get(..nl).unwrap_or_default());
                 let mut line = std::mem::take(&mut side.buf);
                 if line.last() == Some(&b'\r') {
                     line.pop();
@@ -464,7 +561,11 @@ impl Http1Parser {
                         let Some(size) = chunk_size(&line) else {
                             return Step::Stop;
                         };
-                        *chunk = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
+                        *chunk = if size == 0 {
+                            Chunk::Trailers
+                        } else {
+                            Chunk::Data(size)
+                        };
                         side.trailer_bytes = 0;
                     }
                     Chunk::DataEnd => {
@@ -501,7 +602,14 @@ enum Parsed {
 }
 
 /// Sends decoded body bytes as an event, or aborts the message on error.
-fn deliver(body: &mut BodyState, dir: Direction, data: &[u8], ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+fn deliver(
+    body: &mut BodyState,
+    dir: Direction,
+    data: &[u8],
+    ts_ns: u64,
+    stats: &mut ParseStats,
+    out: &mut Vec<HttpEvent>,
+) {
     if !body.reported || data.is_empty() {
         return;
     }
@@ -515,7 +623,13 @@ fn deliver(body: &mut BodyState, dir: Direction, data: &[u8], ts_ns: u64, stats:
     }
 }
 
-fn finish_body(body: &mut BodyState, dir: Direction, ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+fn finish_body(
+    body: &mut BodyState,
+    dir: Direction,
+    ts_ns: u64,
+    stats: &mut ParseStats,
+    out: &mut Vec<HttpEvent>,
+) {
     if !body.reported {
         return;
     }
@@ -539,7 +653,13 @@ fn finish_body(body: &mut BodyState, dir: Direction, ts_ns: u64, stats: &mut Par
     });
 }
 
-fn fail_body(body: &mut BodyState, e: BodyError, ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+fn fail_body(
+    body: &mut BodyState,
+    e: BodyError,
+    ts_ns: u64,
+    stats: &mut ParseStats,
+    out: &mut Vec<HttpEvent>,
+) {
     let reason = match e {
         BodyError::TooLarge => {
             stats.too_large += 1;
@@ -561,8 +681,16 @@ fn fail_body(body: &mut BodyState, e: BodyError, ts_ns: u64, stats: &mut ParseSt
 
 fn body_event(dir: Direction, stream: u64, data: bytes::Bytes, ts_ns: u64) -> HttpEvent {
     match dir {
-        Direction::FromClient => HttpEvent::RequestBody { stream, data, ts_ns },
-        Direction::FromServer => HttpEvent::ResponseBody { stream, data, ts_ns },
+        Direction::FromClient => HttpEvent::RequestBody {
+            stream,
+            data,
+            ts_ns,
+        },
+        Direction::FromServer => HttpEvent::ResponseBody {
+            stream,
+            data,
+            ts_ns,
+        },
     }
 }
 

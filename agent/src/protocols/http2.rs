@@ -30,17 +30,28 @@ const MAX_CONTROL_FRAME: u32 = 16 * 1024;
 
 enum Read {
     /// Client side only, at the start: matching the connection preface.
-    Preface { matched: usize },
-    Header { buf: Vec<u8> },
+    Preface {
+        matched: usize,
+    },
+    Header {
+        buf: Vec<u8>,
+    },
     /// A non-DATA frame's payload, buffered whole (bounded).
-    Payload { hdr: FrameHeader, buf: Vec<u8> },
+    Payload {
+        hdr: FrameHeader,
+        buf: Vec<u8>,
+    },
     /// A DATA frame's payload, handed on as it arrives.
     Data {
         hdr: FrameHeader,
-        left: u32,
-        pad: Option<u32>,
+        data_left: u32,
+        pad_left: u32,
+        /// False until the pad-length byte of a PADDED frame is read.
+        pad_known: bool,
     },
-    Skip { left: u32 },
+    Skip {
+        left: u32,
+    },
     /// After a gap: the next write must start with a frame header.
     Resync,
 }
@@ -131,7 +142,14 @@ impl Http2Parser {
         }
     }
 
-    pub fn feed(&mut self, dir: Direction, ts_ns: u64, data: &[u8], stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+    pub fn feed(
+        &mut self,
+        dir: Direction,
+        ts_ns: u64,
+        data: &[u8],
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) {
         let mut input = data;
         while !input.is_empty() && !self.stopped {
             let n = self.step(dir, ts_ns, input, stats, out);
@@ -140,7 +158,14 @@ impl Http2Parser {
     }
 
     /// Consumes some of `input` and returns how much.
-    fn step(&mut self, dir: Direction, ts_ns: u64, input: &[u8], stats: &mut ParseStats, out: &mut Vec<HttpEvent>) -> usize {
+    fn step(
+        &mut self,
+        dir: Direction,
+        ts_ns: u64,
+        input: &[u8],
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) -> usize {
         let reader = self.reader(dir);
         match &mut reader.read {
             Read::Preface { matched } => {
@@ -167,7 +192,11 @@ impl Http2Parser {
                 }
             }
             Read::Header { buf } => {
-                if dir == Direction::FromClient && buf.is_empty() && reader.frames_seen == 0 && input.first() == Some(&b'P') {
+                if dir == Direction::FromClient
+                    && buf.is_empty()
+                    && reader.frames_seen == 0
+                    && input.first() == Some(&b'P')
+                {
                     // The preface after all (server bytes were seen first).
                     reader.read = Read::Preface { matched: 0 };
                     self.saw_preface();
@@ -200,31 +229,48 @@ impl Http2Parser {
                 }
                 n
             }
-            Read::Data { hdr, left, pad } => {
+            Read::Data {
+                hdr,
+                data_left,
+                pad_left,
+                pad_known,
+            } => {
                 let hdr = *hdr;
-                let n = match *pad {
-                    None => {
-                        let pad_len = u32::from(input.first().copied().unwrap_or(0));
-                        *left -= 1;
-                        if pad_len > *left {
-                            self.fail(ts_ns, stats, out);
-                            return input.len();
-                        }
-                        *pad = Some(pad_len);
-                        1
+                let n = if !*pad_known {
+                    let pad_len = u32::from(input.first().copied().unwrap_or(0));
+                    let rest = hdr.length.saturating_sub(1);
+                    if pad_len > rest {
+                        self.fail(ts_ns, stats, out);
+                        return input.len();
                     }
-                    Some(pad_len) => {
-                        let data_left = *left - pad_len;
-                        let n = if data_left > 0 { data_left } else { *left };
-                        let n = (n as usize).min(input.len());
-                        *left -= n as u32;
-                        if data_left > 0 {
-                            self.on_data(dir, hdr.stream, input.get(..n).unwrap_or_default(), ts_ns, stats, out);
-                        }
-                        n
-                    }
+                    *pad_known = true;
+                    *data_left = rest - pad_len;
+                    *pad_left = pad_len;
+                    1
+                } else if *data_left > 0 {
+                    let n = (*data_left as usize).min(input.len());
+                    *data_left -= n as u32;
+                    self.on_data(
+                        dir,
+                        hdr.stream,
+                        input.get(..n).unwrap_or_default(),
+                        ts_ns,
+                        stats,
+                        out,
+                    );
+                    n
+                } else {
+                    let n = (*pad_left as usize).min(input.len());
+                    *pad_left -= n as u32;
+                    n
                 };
-                if let Read::Data { left: 0, pad: Some(_), .. } = self.reader(dir).read {
+                if let Read::Data {
+                    data_left: 0,
+                    pad_left: 0,
+                    pad_known: true,
+                    ..
+                } = self.reader(dir).read
+                {
                     self.reader(dir).read = Read::Header { buf: Vec::new() };
                     if hdr.flags & FLAG_END_STREAM != 0 {
                         self.end_side(dir, hdr.stream, ts_ns, stats, out);
@@ -236,7 +282,14 @@ impl Http2Parser {
     }
 
     /// A frame header is complete: choose how to read its payload.
-    fn start_frame(&mut self, dir: Direction, hdr: FrameHeader, ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+    fn start_frame(
+        &mut self,
+        dir: Direction,
+        hdr: FrameHeader,
+        ts_ns: u64,
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) {
         let max_block = self.limits.max_header_block as u32;
         let in_block = self.reader(dir).continuation.is_some();
         let read = match hdr.kind {
@@ -244,13 +297,17 @@ impl Http2Parser {
                 if in_block || hdr.stream == 0 {
                     return self.fail(ts_ns, stats, out);
                 }
+                let padded = hdr.flags & FLAG_PADDED != 0;
                 Read::Data {
                     hdr,
-                    left: hdr.length,
-                    pad: (hdr.flags & FLAG_PADDED == 0).then_some(0),
+                    data_left: if padded { 0 } else { hdr.length },
+                    pad_left: 0,
+                    pad_known: !padded,
                 }
             }
-            frame::HEADERS | frame::CONTINUATION | frame::PUSH_PROMISE if hdr.length > max_block + 300 => {
+            frame::HEADERS | frame::CONTINUATION | frame::PUSH_PROMISE
+                if hdr.length > max_block + 300 =>
+            {
                 if (hdr.kind == frame::CONTINUATION) != in_block {
                     return self.fail(ts_ns, stats, out);
                 }
@@ -285,7 +342,15 @@ impl Http2Parser {
         }
     }
 
-    fn on_frame(&mut self, dir: Direction, hdr: FrameHeader, payload: &[u8], ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+    fn on_frame(
+        &mut self,
+        dir: Direction,
+        hdr: FrameHeader,
+        payload: &[u8],
+        ts_ns: u64,
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) {
         let expecting_continuation = self.reader(dir).continuation.is_some();
         if expecting_continuation != (hdr.kind == frame::CONTINUATION) {
             // RFC 9113 §6.10: only CONTINUATION may follow an open header block.
@@ -317,7 +382,14 @@ impl Http2Parser {
                     overflowed: false,
                     promise,
                 };
-                self.header_piece(dir, cont, hdr.flags & FLAG_END_HEADERS != 0, ts_ns, stats, out);
+                self.header_piece(
+                    dir,
+                    cont,
+                    hdr.flags & FLAG_END_HEADERS != 0,
+                    ts_ns,
+                    stats,
+                    out,
+                );
             }
             frame::CONTINUATION => {
                 let Some(mut cont) = self.reader(dir).continuation.take() else {
@@ -329,19 +401,29 @@ impl Http2Parser {
                 if !cont.overflowed {
                     cont.block.extend_from_slice(payload);
                 }
-                self.header_piece(dir, cont, hdr.flags & FLAG_END_HEADERS != 0, ts_ns, stats, out);
+                self.header_piece(
+                    dir,
+                    cont,
+                    hdr.flags & FLAG_END_HEADERS != 0,
+                    ts_ns,
+                    stats,
+                    out,
+                );
             }
-            frame::RST_STREAM => {
-                if self.streams.remove(&hdr.stream).is_some() {
-                    abort(u64::from(hdr.stream), AbortReason::Reset, ts_ns, stats, out);
-                }
+            frame::RST_STREAM if self.streams.remove(&hdr.stream).is_some() => {
+                abort(u64::from(hdr.stream), AbortReason::Reset, ts_ns, stats, out);
             }
             frame::GOAWAY => {
                 let Some(last) = payload.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()) else {
                     return self.fail(ts_ns, stats, out);
                 };
                 let last = u32::from_be_bytes(last) & 0x7fff_ffff;
-                let mut gone: Vec<u32> = self.streams.keys().copied().filter(|id| *id > last).collect();
+                let mut gone: Vec<u32> = self
+                    .streams
+                    .keys()
+                    .copied()
+                    .filter(|id| *id > last)
+                    .collect();
                 gone.sort_unstable();
                 for id in gone {
                     self.streams.remove(&id);
@@ -354,8 +436,16 @@ impl Http2Parser {
         }
     }
 
-    fn on_settings(&mut self, dir: Direction, hdr: FrameHeader, payload: &[u8], ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
-        if hdr.stream != 0 || payload.len() % 6 != 0 {
+    fn on_settings(
+        &mut self,
+        dir: Direction,
+        hdr: FrameHeader,
+        payload: &[u8],
+        ts_ns: u64,
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) {
+        if hdr.stream != 0 || !payload.len().is_multiple_of(6) {
             return self.fail(ts_ns, stats, out);
         }
         // The setting bounds the table of the sender's decoder, which
@@ -376,14 +466,24 @@ impl Http2Parser {
                 if u16::from_be_bytes([a, b]) == SETTINGS_HEADER_TABLE_SIZE {
                     let size = u32::from_be_bytes([c, d, e, f]);
                     // Until acked the encoder may still use the larger of old and new.
-                    other.hpack.set_allowed_max(size.max(other.hpack.allowed_max() as u32));
+                    other
+                        .hpack
+                        .set_allowed_max(size.max(other.hpack.allowed_max() as u32));
                     sender.pending_table_size = Some(size);
                 }
             }
         }
     }
 
-    fn header_piece(&mut self, dir: Direction, mut cont: Continuation, end_headers: bool, ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+    fn header_piece(
+        &mut self,
+        dir: Direction,
+        mut cont: Continuation,
+        end_headers: bool,
+        ts_ns: u64,
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) {
         if !cont.overflowed && cont.block.len() > self.limits.max_header_block {
             cont.overflowed = true;
             cont.block = Vec::new();
@@ -400,7 +500,15 @@ impl Http2Parser {
     }
 
     /// A header block we did not decode: HPACK state is lost for this direction.
-    fn header_block_lost(&mut self, dir: Direction, stream: u32, promise: bool, ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+    fn header_block_lost(
+        &mut self,
+        dir: Direction,
+        stream: u32,
+        promise: bool,
+        ts_ns: u64,
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) {
         stats.too_large += 1;
         self.reader(dir).hpack.lose_state();
         if !promise && self.streams.remove(&stream).is_some() {
@@ -410,7 +518,14 @@ impl Http2Parser {
         }
     }
 
-    fn block_too_large(&mut self, dir: Direction, hdr: FrameHeader, ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+    fn block_too_large(
+        &mut self,
+        dir: Direction,
+        hdr: FrameHeader,
+        ts_ns: u64,
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) {
         let (stream, promise, end_stream) = match self.reader(dir).continuation.take() {
             Some(c) if c.overflowed => (c.stream, c.promise, c.end_stream),
             Some(c) => {
@@ -434,7 +549,14 @@ impl Http2Parser {
         }
     }
 
-    fn on_header_block(&mut self, dir: Direction, cont: Continuation, ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+    fn on_header_block(
+        &mut self,
+        dir: Direction,
+        cont: Continuation,
+        ts_ns: u64,
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) {
         let reader = self.reader(dir);
         let decoded = reader.hpack.decode(&cont.block);
         reader.blocks_decoded += 1;
@@ -445,7 +567,13 @@ impl Http2Parser {
                 stats.malformed += 1;
                 self.reader(dir).hpack.lose_state();
                 if !cont.promise && self.streams.remove(&cont.stream).is_some() {
-                    abort(u64::from(cont.stream), AbortReason::Malformed, ts_ns, stats, out);
+                    abort(
+                        u64::from(cont.stream),
+                        AbortReason::Malformed,
+                        ts_ns,
+                        stats,
+                        out,
+                    );
                 }
                 return;
             }
@@ -457,12 +585,24 @@ impl Http2Parser {
             return;
         }
         match dir {
-            Direction::FromClient => self.on_request_headers(cont.stream, cont.end_stream, block, ts_ns, stats, out),
-            Direction::FromServer => self.on_response_headers(cont.stream, cont.end_stream, block, ts_ns, stats, out),
+            Direction::FromClient => {
+                self.on_request_headers(cont.stream, cont.end_stream, block, ts_ns, stats, out)
+            }
+            Direction::FromServer => {
+                self.on_response_headers(cont.stream, cont.end_stream, block, ts_ns, stats, out)
+            }
         }
     }
 
-    fn on_request_headers(&mut self, id: u32, end_stream: bool, block: hpack::Block, ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+    fn on_request_headers(
+        &mut self,
+        id: u32,
+        end_stream: bool,
+        block: hpack::Block,
+        ts_ns: u64,
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) {
         if self.streams.contains_key(&id) {
             // Trailers.
             if end_stream {
@@ -470,7 +610,7 @@ impl Http2Parser {
             }
             return;
         }
-        if id <= self.highest_client_stream || id % 2 == 0 {
+        if id <= self.highest_client_stream || id.is_multiple_of(2) {
             // A stream we dropped or finished, or one the server opened.
             return;
         }
@@ -486,7 +626,8 @@ impl Http2Parser {
             stats.streams_dropped += 1;
             return;
         }
-        let request_body = BodyDecoder::new(header(&fields.regular, "content-encoding"), &self.limits).ok();
+        let request_body =
+            BodyDecoder::new(header(&fields.regular, "content-encoding"), &self.limits).ok();
         if request_body.is_none() {
             stats.unsupported_encoding += 1;
         }
@@ -518,7 +659,15 @@ impl Http2Parser {
         }
     }
 
-    fn on_response_headers(&mut self, id: u32, end_stream: bool, block: hpack::Block, ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+    fn on_response_headers(
+        &mut self,
+        id: u32,
+        end_stream: bool,
+        block: hpack::Block,
+        ts_ns: u64,
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) {
         let limits = &self.limits;
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
@@ -565,7 +714,15 @@ impl Http2Parser {
         }
     }
 
-    fn on_data(&mut self, dir: Direction, id: u32, data: &[u8], ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+    fn on_data(
+        &mut self,
+        dir: Direction,
+        id: u32,
+        data: &[u8],
+        ts_ns: u64,
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) {
         let limits = &self.limits;
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
@@ -581,7 +738,8 @@ impl Http2Parser {
                     } else {
                         None
                     };
-                    stream.response_body = BodyDecoder::new(coding, limits).map_or(RespBody::Drop, RespBody::Decode);
+                    stream.response_body =
+                        BodyDecoder::new(coding, limits).map_or(RespBody::Drop, RespBody::Decode);
                 }
                 match &mut stream.response_body {
                     RespBody::Decode(d) => Some(d),
@@ -596,14 +754,29 @@ impl Http2Parser {
         match decoder.push(data) {
             Ok(decoded) if decoded.is_empty() => {}
             Ok(data) => out.push(match dir {
-                Direction::FromClient => HttpEvent::RequestBody { stream: u64::from(id), data, ts_ns },
-                Direction::FromServer => HttpEvent::ResponseBody { stream: u64::from(id), data, ts_ns },
+                Direction::FromClient => HttpEvent::RequestBody {
+                    stream: u64::from(id),
+                    data,
+                    ts_ns,
+                },
+                Direction::FromServer => HttpEvent::ResponseBody {
+                    stream: u64::from(id),
+                    data,
+                    ts_ns,
+                },
             }),
             Err(e) => self.body_failed(id, e, ts_ns, stats, out),
         }
     }
 
-    fn body_failed(&mut self, id: u32, e: BodyError, ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+    fn body_failed(
+        &mut self,
+        id: u32,
+        e: BodyError,
+        ts_ns: u64,
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) {
         let reason = match e {
             BodyError::TooLarge => {
                 stats.too_large += 1;
@@ -623,7 +796,14 @@ impl Http2Parser {
     }
 
     /// END_STREAM from one side: flush its decoder and report the end.
-    fn end_side(&mut self, dir: Direction, id: u32, ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+    fn end_side(
+        &mut self,
+        dir: Direction,
+        id: u32,
+        ts_ns: u64,
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) {
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
@@ -634,7 +814,10 @@ impl Http2Parser {
                     return;
                 }
                 stream.request_done = true;
-                (stream.request_body.as_mut(), HttpEvent::RequestEnd { stream: sid, ts_ns })
+                (
+                    stream.request_body.as_mut(),
+                    HttpEvent::RequestEnd { stream: sid, ts_ns },
+                )
             }
             Direction::FromServer => {
                 if stream.response_done || !stream.response_started {
@@ -652,8 +835,16 @@ impl Http2Parser {
             match decoder.finish() {
                 Ok(rest) if rest.is_empty() => {}
                 Ok(data) => out.push(match dir {
-                    Direction::FromClient => HttpEvent::RequestBody { stream: sid, data, ts_ns },
-                    Direction::FromServer => HttpEvent::ResponseBody { stream: sid, data, ts_ns },
+                    Direction::FromClient => HttpEvent::RequestBody {
+                        stream: sid,
+                        data,
+                        ts_ns,
+                    },
+                    Direction::FromServer => HttpEvent::ResponseBody {
+                        stream: sid,
+                        data,
+                        ts_ns,
+                    },
                 }),
                 Err(e) => return self.body_failed(id, e, ts_ns, stats, out),
             }
@@ -672,7 +863,13 @@ impl Http2Parser {
         self.stopped = true;
     }
 
-    fn abort_all(&mut self, reason: AbortReason, ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+    fn abort_all(
+        &mut self,
+        reason: AbortReason,
+        ts_ns: u64,
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) {
         let mut ids: Vec<u32> = self.streams.keys().copied().collect();
         ids.sort_unstable();
         self.streams.clear();
@@ -684,7 +881,13 @@ impl Http2Parser {
     /// Lost bytes in one direction: streams still open on that side are
     /// aborted, HPACK state for it is forgotten, and parsing resumes at the
     /// next write that starts with a plausible frame header.
-    pub fn gap(&mut self, dir: Direction, ts_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+    pub fn gap(
+        &mut self,
+        dir: Direction,
+        ts_ns: u64,
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) {
         if self.stopped {
             return;
         }
@@ -758,7 +961,10 @@ impl From<hpack::Block> for Fields {
             if name.starts_with(':') {
                 fields.pseudo.push((name, f.value));
             } else if !is_credential_header(&name) {
-                fields.regular.push(Header { name, value: f.value });
+                fields.regular.push(Header {
+                    name,
+                    value: f.value,
+                });
             }
         }
         fields
@@ -767,7 +973,10 @@ impl From<hpack::Block> for Fields {
 
 impl Fields {
     fn pseudo(&self, name: &str) -> Option<&str> {
-        self.pseudo.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.pseudo
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 

@@ -9,9 +9,9 @@ pub mod body;
 pub mod detect;
 pub mod event;
 pub mod hpack;
-mod huffman;
 pub mod http1;
 pub mod http2;
+mod huffman;
 
 #[cfg(test)]
 mod tests;
@@ -90,7 +90,7 @@ enum Inner {
         pending_client: Vec<u8>,
         pending_server: Vec<u8>,
     },
-    Http1(http1::Http1Parser),
+    Http1(Box<http1::Http1Parser>),
     Http2(Box<http2::Http2Parser>),
 }
 
@@ -149,12 +149,13 @@ impl HttpParser {
                         self.stats.bytes_skipped += buf.len() as u64;
                     }
                     Sniff::LooksHttp1Request | Sniff::LooksHttp1Response => {
-                        let mut p = http1::Http1Parser::new(self.limits.clone());
+                        let mut p = Box::new(http1::Http1Parser::new(self.limits.clone()));
                         p.feed(dir, ts_ns, &buf, &mut self.stats, out);
                         self.inner = Inner::Http1(p);
                     }
                     Sniff::LooksHttp2 => {
-                        let preface = dir == Direction::FromClient && buf.starts_with(detect::PREFACE);
+                        let preface =
+                            dir == Direction::FromClient && buf.starts_with(detect::PREFACE);
                         let mut p = Box::new(http2::Http2Parser::new(self.limits.clone(), preface));
                         p.feed(dir, ts_ns, &buf, &mut self.stats, out);
                         self.inner = Inner::Http2(p);

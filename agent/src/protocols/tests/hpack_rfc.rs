@@ -18,7 +18,10 @@ fn fields(d: &mut Decoder, block: &str) -> Vec<(String, String)> {
 }
 
 fn list(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
 }
 
 const CAP: usize = 1 << 20;
@@ -26,7 +29,12 @@ const LIST: usize = 64 * 1024;
 
 fn requests(blocks: [&str; 3]) {
     let mut d = Decoder::new(CAP, LIST);
-    let first = [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "www.example.com")];
+    let first = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/"),
+        (":authority", "www.example.com"),
+    ];
     assert_eq!(fields(&mut d, blocks[0]), list(&first));
     assert_eq!(d.table_usage(), (57, 1));
     let mut second = first.to_vec();
@@ -83,7 +91,10 @@ fn responses(blocks: [&str; 3]) {
         ("date", "Mon, 21 Oct 2013 20:13:22 GMT"),
         ("location", "https://www.example.com"),
         ("content-encoding", "gzip"),
-        ("set-cookie", "foo=ASDJKHQKBZXOQWEOPIUAXQWEOIU; max-age=3600; version=1"),
+        (
+            "set-cookie",
+            "foo=ASDJKHQKBZXOQWEOPIUAXQWEOIU; max-age=3600; version=1",
+        ),
     ];
     assert_eq!(fields(&mut d, blocks[2]), list(&third));
     assert_eq!(d.table_usage(), (215, 3));
@@ -121,13 +132,32 @@ fn mid_connection_decodes_what_is_known_and_counts_the_rest() {
     let b = d.decode(&hex("828684be58086e6f2d6361636865")).unwrap();
     assert_eq!(b.unknown, 1);
     assert_eq!(b.unknown_names, 1);
-    let got: Vec<_> = b.fields.iter().map(|f| (f.name.as_str(), f.value.as_str())).collect();
-    assert_eq!(got, [(":method", "GET"), (":scheme", "http"), (":path", "/"), ("cache-control", "no-cache")]);
+    let got: Vec<_> = b
+        .fields
+        .iter()
+        .map(|f| (f.name.as_str(), f.value.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/"),
+            ("cache-control", "no-cache")
+        ]
+    );
     // C.3.3 next: index 62 is now the cache-control entry we saw inserted
     // (not referenced by C.3.3), index 63 is still unknown.
-    let b = d.decode(&hex("828785bf400a637573746f6d2d6b65790c637573746f6d2d76616c7565")).unwrap();
+    let b = d
+        .decode(&hex(
+            "828785bf400a637573746f6d2d6b65790c637573746f6d2d76616c7565",
+        ))
+        .unwrap();
     assert_eq!(b.unknown, 1);
-    assert!(b.fields.iter().any(|f| f.name == "custom-key" && f.value == "custom-value"));
+    assert!(b
+        .fields
+        .iter()
+        .any(|f| f.name == "custom-key" && f.value == "custom-value"));
     // A known entry referenced afterwards decodes: index 62 = custom-key.
     let b = d.decode(&[0xbe]).unwrap();
     assert_eq!((b.fields[0].name.as_str(), b.unknown), ("custom-key", 0));
@@ -149,26 +179,44 @@ fn a_complete_table_rejects_unknown_indexes() {
 fn size_updates_are_bounded_and_placed_first() {
     let mut d = Decoder::new(CAP, LIST);
     // Update to 0 is allowed and empties the table.
-    assert_eq!(fields(&mut d, "20 828684410f7777772e6578616d706c652e636f6d").len(), 4);
+    assert_eq!(
+        fields(&mut d, "20 828684410f7777772e6578616d706c652e636f6d").len(),
+        4
+    );
     // 0x3f e1 1f = 4096 + ... above the 4096 default setting.
-    assert_eq!(d.decode(&[0x3f, 0xe2, 0x1f]), Err(HpackError::SizeUpdateTooLarge));
+    assert_eq!(
+        d.decode(&[0x3f, 0xe2, 0x1f]),
+        Err(HpackError::SizeUpdateTooLarge)
+    );
     let mut d = Decoder::new(CAP, LIST);
-    assert_eq!(d.decode(&[0x82, 0x20]), Err(HpackError::SizeUpdateMisplaced));
+    assert_eq!(
+        d.decode(&[0x82, 0x20]),
+        Err(HpackError::SizeUpdateMisplaced)
+    );
     let mut d = Decoder::new(CAP, LIST);
     d.set_allowed_max(8192);
-    assert!(d.decode(&[0x3f, 0xe1, 0x3f]).is_ok(), "8192 allowed after SETTINGS");
+    assert!(
+        d.decode(&[0x3f, 0xe1, 0x3f]).is_ok(),
+        "8192 allowed after SETTINGS"
+    );
 }
 
 #[test]
 fn truncated_and_oversized_input_is_an_error() {
     let mut d = Decoder::new(CAP, LIST);
     assert_eq!(d.decode(&hex("410f7777")), Err(HpackError::Truncated));
-    assert_eq!(d.decode(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]), Err(HpackError::IntegerOverflow));
+    assert_eq!(
+        d.decode(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]),
+        Err(HpackError::IntegerOverflow)
+    );
     // Many references to one big entry pass the decoded-list bound.
     let mut d = Decoder::new(CAP, 1000);
     let mut block = vec![0x40, 0x01, b'a', 0x7f, 0x81, 0x03];
     block.extend(std::iter::repeat_n(b'x', 0x7f + 0x181 - 0x7f - 0x80 + 0x80));
     let _ = d.decode(&block);
     let refs = vec![0xbe; 100];
-    assert!(matches!(d.decode(&refs), Err(HpackError::ListTooLarge) | Err(HpackError::BadIndex)));
+    assert!(matches!(
+        d.decode(&refs),
+        Err(HpackError::ListTooLarge) | Err(HpackError::BadIndex)
+    ));
 }

@@ -1,4 +1,6 @@
 //! Tests that drive the parsers as a whole; unit tests of one piece sit in
 //! that piece's file.
 
+mod fixtures;
 mod hpack_rfc;
+mod support;
