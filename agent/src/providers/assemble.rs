@@ -403,15 +403,19 @@ impl Exchange {
         let status = self.response.as_ref().map(|r| r.status);
         let success = status.is_some_and(|s| (200..300).contains(&s));
         let api = target.api;
-        let mut streaming = request.stream.unwrap_or(false);
+        // What the request asked for, until the response framing says otherwise.
+        let mut streaming = match api {
+            Api::OllamaChat | Api::OllamaGenerate => request.stream != Some(false),
+            _ => request.stream == Some(true),
+        };
         let mut error_type = None;
         let mut end_seen = !aborted;
 
         match std::mem::replace(&mut self.framing, Framing::Undecided) {
             Framing::Undecided => {}
             Framing::Json { body, truncated } => {
-                streaming = false;
                 if success {
+                    streaming = false;
                     let ts = self.first_body_ns.unwrap_or(end_ns);
                     if decode::body(api, &mut self.obs, &body, ts).is_err()
                         && !truncated
@@ -468,6 +472,7 @@ impl Exchange {
         let retry_after_s = self
             .response
             .as_ref()
+            .filter(|_| !success)
             .and_then(|r| status::retry_after_s(&r.headers));
         let request_model = request.model.or(target.path_model);
         let first_token_ns = self.obs.first_token_ns;

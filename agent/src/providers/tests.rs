@@ -496,3 +496,143 @@ fn close_flushes_open_exchanges_and_stream_limit_is_enforced() {
         .all(|c| c.error_type.as_deref() == Some("incomplete") && c.end_ns == 99_999));
     assert_eq!(asm.stats().too_many_streams, 1);
 }
+
+fn streamed_response(content_type: &str, chunks: &[&str], end: HttpEvent) -> Vec<HttpEvent> {
+    let mut evs = vec![HttpEvent::Response {
+        stream: 0,
+        head: ResponseHead {
+            status: 200,
+            headers: vec![Header {
+                name: "content-type".into(),
+                value: content_type.into(),
+            }],
+        },
+        ts_ns: 4,
+    }];
+    for (i, c) in chunks.iter().enumerate() {
+        evs.push(HttpEvent::ResponseBody {
+            stream: 0,
+            data: Bytes::from(c.to_string()),
+            ts_ns: 10 + i as u64,
+        });
+    }
+    evs.push(end);
+    evs
+}
+
+fn single_call(evs: Vec<HttpEvent>) -> LlmCall {
+    let (calls, _) = run(evs);
+    assert_eq!(calls.len(), 1);
+    calls
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no call"))
+}
+
+#[test]
+fn azure_deployment_names_the_model_when_the_body_does_not() {
+    let mut evs = request(
+        "/openai/deployments/gpt4o-prod/chat/completions",
+        "POST",
+        "myres.openai.azure.com",
+        r#"{"messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    evs.extend(json_response(
+        r#"{"model":"gpt-4o-2024-11-20","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":0}}"#,
+    ));
+    let call = single_call(evs);
+    assert_eq!(call.provider, crate::record::Provider::AzureOpenai);
+    assert_eq!(call.request_model.as_deref(), Some("gpt4o-prod"));
+}
+
+#[test]
+fn streams_without_their_end_marker_are_incomplete() {
+    let end = || HttpEvent::ResponseEnd {
+        stream: 0,
+        ts_ns: 99,
+    };
+    // Ollama: no `done: true` line.
+    let mut evs = request(
+        "/api/chat",
+        "POST",
+        "localhost:11434",
+        r#"{"model":"llama3.2","messages":[{"role":"user","content":"hi there"}]}"#,
+    );
+    evs.extend(streamed_response(
+        "application/x-ndjson",
+        &["{\"model\":\"llama3.2\",\"message\":{\"content\":\"Hel\"},\"done\":false}\n{\"model\":\"llama3.2\",\"mess", "age\":{\"content\":\"lo\"},\"done\":false}"],
+        end(),
+    ));
+    let call = single_call(evs);
+    assert_eq!(
+        (
+            call.error_type.as_deref(),
+            call.output_chunks,
+            call.streaming
+        ),
+        (Some("incomplete"), 2, true)
+    );
+    assert!(call.usage.estimated && call.usage.input_tokens.is_some());
+    // Gemini over SSE: no finishReason.
+    let mut evs = request(
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+        "POST",
+        "generativelanguage.googleapis.com",
+        r#"{"contents":[]}"#,
+    );
+    evs.extend(streamed_response(
+        "text/event-stream",
+        &["data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hi\"}]}}],\"usageMetadata\":{\"promptTokenCount\":4,\"candidatesTokenCount\":1}}\n\n"],
+        end(),
+    ));
+    let call = single_call(evs);
+    assert_eq!(call.error_type.as_deref(), Some("incomplete"));
+    assert_eq!(
+        (call.usage.input_tokens, call.usage.output_tokens),
+        (Some(4), Some(1))
+    );
+    // OpenAI-compatible: finish_reason but no [DONE].
+    let mut evs = request(
+        "/v1/chat/completions",
+        "POST",
+        "localhost:8000",
+        r#"{"model":"m","stream":true}"#,
+    );
+    evs.extend(streamed_response(
+        "text/event-stream",
+        &["data: {\"choices\":[{\"delta\":{\"content\":\"x\"},\"finish_reason\":\"stop\"}]}\n\n"],
+        end(),
+    ));
+    assert_eq!(single_call(evs).error_type.as_deref(), Some("incomplete"));
+}
+
+#[test]
+fn retry_after_ms_and_status_only_errors() {
+    let mut evs = request(
+        "/v1/chat/completions",
+        "POST",
+        "api.openai.com",
+        r#"{"model":"gpt-4o"}"#,
+    );
+    evs.push(HttpEvent::Response {
+        stream: 0,
+        head: ResponseHead {
+            status: 503,
+            headers: vec![Header {
+                name: "retry-after-ms".into(),
+                value: "1500".into(),
+            }],
+        },
+        ts_ns: 4,
+    });
+    evs.push(HttpEvent::ResponseEnd {
+        stream: 0,
+        ts_ns: 5,
+    });
+    let call = single_call(evs);
+    assert_eq!(
+        (call.status, call.error_type.as_deref(), call.retry_after_s),
+        (Some(503), Some("server_error"), Some(1.5))
+    );
+    assert_eq!(call.first_token_ns, None);
+}
