@@ -1,0 +1,268 @@
+use std::time::Duration;
+
+use super::*;
+
+const TWO_PODS: &str = include_str!("../../../tests/fixtures/gpu/two_pods.jsonl");
+const MIG: &str = include_str!("../../../tests/fixtures/gpu/mig.jsonl");
+const FAILED_AND_GAP: &str = include_str!("../../../tests/fixtures/gpu/failed_and_gap.jsonl");
+
+const H100: &str = "GPU-5f3c9a1e-2b7d-4c8e-9f10-0a1b2c3d4e5f";
+const A100: &str = "GPU-a100a100-0000-4000-8000-000000000001";
+
+/// Replays a fixture through the accountant until the file ends.
+fn replay(text: &'static str) -> WindowTotals {
+    let mut source = ReplaySource::from_reader(Box::new(text.as_bytes()));
+    let mut accountant = Accountant::new(Duration::from_secs(30));
+    for _ in 0..1000 {
+        match source.sample() {
+            Err(GpuError::Exhausted) => return accountant.take_window(),
+            result => accountant.add(result),
+        }
+    }
+    panic!("replay did not end");
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * b.abs().max(1.0)
+}
+
+fn pid(w: &WindowTotals, pid: u32) -> &PidTotals {
+    w.pids
+        .get(&pid)
+        .unwrap_or_else(|| panic!("pid {pid} missing: {:?}", w.pids))
+}
+
+fn device<'w>(w: &'w WindowTotals, uuid: &str) -> &'w DeviceTotals {
+    w.devices
+        .get(uuid)
+        .unwrap_or_else(|| panic!("device {uuid} missing"))
+}
+
+/// Pids' GPU time plus idle is the integrated time; their energy plus idle energy the device's.
+fn assert_adds_up(w: &WindowTotals) {
+    let busy: f64 = w.pids.values().map(|p| p.gpu_seconds).sum();
+    let energy: f64 = w.pids.values().map(|p| p.energy_joules).sum();
+    let wall: f64 = w.devices.values().map(|d| d.wall_seconds).sum();
+    let idle: f64 = w.devices.values().map(|d| d.idle_seconds).sum();
+    let device_energy: f64 = w.devices.values().map(|d| d.energy_joules).sum();
+    let idle_energy: f64 = w.devices.values().map(|d| d.idle_energy_joules).sum();
+    assert!(
+        ((busy + idle) - wall).abs() <= 0.01 * wall,
+        "{busy} + {idle} vs {wall}"
+    );
+    assert!(
+        ((energy + idle_energy) - device_energy).abs() <= 0.01 * device_energy,
+        "{energy} + {idle_energy} vs {device_energy}"
+    );
+}
+
+#[test]
+fn two_pods_share_one_gpu() {
+    let w = replay(TWO_PODS);
+    assert_eq!((w.intervals, w.failed_samples, w.gaps), (4, 0, 0));
+    // Interval utilisations (later sample): 1001: 20, 0, -, -; 2002: 60, 40, 10, 50; 3003: -, -, -, 25.
+    let a = pid(&w, 1001);
+    assert!(close(a.gpu_seconds, 1.0), "{a:?}");
+    // 2000 J in the first interval, 1 of its 5 seconds busy for 1001.
+    assert!(close(a.energy_joules, 400.0), "{a:?}");
+    assert!(close(a.memory_gib_seconds, 100.0), "{a:?}");
+    let b = pid(&w, 2002);
+    assert!(close(b.gpu_seconds, 3.0 + 2.0 + 0.5 + 2.5), "{b:?}");
+    assert!(
+        close(b.energy_joules, 1200.0 + 600.0 + 100.0 + 625.0),
+        "{b:?}"
+    );
+    assert!(close(b.memory_gib_seconds, 400.0), "{b:?}");
+    let c = pid(&w, 3003);
+    assert!(
+        close(c.gpu_seconds, 1.25) && close(c.energy_joules, 312.5),
+        "{c:?}"
+    );
+    assert_eq!(c.memory_gib_seconds, 0.0);
+    let d = device(&w, H100);
+    assert!(
+        close(d.wall_seconds, 20.0) && close(d.energy_joules, 5750.0),
+        "{d:?}"
+    );
+    assert!(
+        close(d.idle_seconds, 9.75) && close(d.idle_energy_joules, 2512.5),
+        "{d:?}"
+    );
+    assert_eq!(d.energy_from_power_intervals, 0);
+    assert_adds_up(&w);
+
+    let owners = w.by_owner(|pid| match pid {
+        1001 => Some("payments/checkout-api".to_owned()),
+        2002 => Some("ml-platform/vllm-llama".to_owned()),
+        _ => None,
+    });
+    let names: Vec<&str> = owners.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "(unattributed)",
+            "ml-platform/vllm-llama",
+            "payments/checkout-api"
+        ]
+    );
+    let unattributed = owners
+        .get(UNATTRIBUTED)
+        .unwrap_or_else(|| panic!("unattributed"));
+    assert_eq!(unattributed.pids, [3003]);
+    let owned: f64 = owners.values().map(|o| o.gpu_seconds).sum();
+    assert!(close(owned, 10.25));
+}
+
+#[test]
+fn owners_sum_their_pids() {
+    let w = replay(TWO_PODS);
+    let owners = w.by_owner(|_| Some("team-a".to_owned()));
+    let team = owners.get("team-a").unwrap_or_else(|| panic!("team-a"));
+    assert_eq!(team.pids, [1001, 2002, 3003]);
+    assert!(
+        close(team.gpu_seconds, 10.25) && close(team.energy_joules, 3237.5),
+        "{team:?}"
+    );
+}
+
+#[test]
+fn mig_instances_share_their_parent() {
+    let w = replay(MIG);
+    assert_eq!(w.intervals, 2);
+    // 1400 J and 7 s per interval; 3g holds 3/7, 2g 2/7, 2/7 unallocated.
+    let p = pid(&w, 4001);
+    assert!(
+        close(p.gpu_seconds, 6.0) && close(p.energy_joules, 1200.0),
+        "{p:?}"
+    );
+    assert!(close(p.memory_gib_seconds, 30.0 * 14.0), "{p:?}");
+    // The 2g instance is split by memory (6:2) in the first interval, empty in the second.
+    let q = pid(&w, 4002);
+    assert!(
+        close(q.gpu_seconds, 1.5) && close(q.energy_joules, 300.0),
+        "{q:?}"
+    );
+    let r = pid(&w, 4003);
+    assert!(
+        close(r.gpu_seconds, 0.5) && close(r.energy_joules, 100.0),
+        "{r:?}"
+    );
+    let d = device(&w, A100);
+    assert!(
+        close(d.wall_seconds, 14.0) && close(d.energy_joules, 2800.0),
+        "{d:?}"
+    );
+    // Unallocated 2 s + 2 s, and the empty 2g instance's 2 s in the second interval.
+    assert!(
+        close(d.idle_seconds, 6.0) && close(d.idle_energy_joules, 1200.0),
+        "{d:?}"
+    );
+    // MIG instances are not devices of their own in the totals.
+    assert_eq!(w.devices.len(), 1);
+    assert_adds_up(&w);
+}
+
+#[test]
+fn failed_rounds_and_gaps_are_counted_not_integrated() {
+    let w = replay(FAILED_AND_GAP);
+    // 0-5 integrated; failure; 10-15 integrated; 15-75 a gap; 75-80 integrated; a bad line.
+    assert_eq!((w.intervals, w.failed_samples, w.gaps), (3, 2, 1));
+    let p = pid(&w, 5005);
+    assert!(
+        close(p.gpu_seconds, 15.0) && close(p.memory_gib_seconds, 60.0),
+        "{p:?}"
+    );
+    // No energy counter: 300 W x 5 s per interval.
+    assert!(close(p.energy_joules, 4500.0), "{p:?}");
+    let d = w
+        .devices
+        .values()
+        .next()
+        .unwrap_or_else(|| panic!("device"));
+    assert_eq!(d.energy_from_power_intervals, 3);
+    assert!(
+        close(d.wall_seconds, 15.0) && close(d.idle_seconds, 0.0),
+        "{d:?}"
+    );
+    assert_eq!(w.start_unix_nano, Some(1_795_852_800_000_000_000));
+    assert_eq!(w.end_unix_nano, Some(1_795_852_880_000_000_000));
+    assert_adds_up(&w);
+}
+
+#[test]
+fn windows_restart_and_out_of_order_samples_are_ignored() {
+    let mut source = ReplaySource::from_reader(Box::new(TWO_PODS.as_bytes()));
+    let mut samples = Vec::new();
+    while let Ok(s) = source.sample() {
+        samples.push(s);
+    }
+    assert_eq!(samples.len(), 5);
+    let mut accountant = Accountant::new(Duration::from_secs(30));
+    let mut first = None;
+    for (i, s) in samples.iter().enumerate() {
+        accountant.add_sample(s.clone());
+        if i == 2 {
+            accountant.add_sample(s.clone());
+            first = Some(accountant.take_window());
+        }
+    }
+    let first = first.unwrap_or_else(|| panic!("first window"));
+    let second = accountant.take_window();
+    assert_eq!((first.intervals, first.out_of_order), (2, 1));
+    assert_eq!(second.intervals, 2);
+    // Together the two windows are the whole replay.
+    let whole = replay(TWO_PODS);
+    let b = |w: &WindowTotals| pid(w, 2002).gpu_seconds;
+    assert!(close(b(&first) + b(&second), b(&whole)));
+}
+
+#[test]
+fn server_gpu_time_is_apportioned_by_tokens() {
+    let w = replay(TWO_PODS);
+    let server = pid(&w, 2002);
+    let tokens = [1000, 3000, 0, 4000];
+    let shares = apportion(server, &tokens, 2.0);
+    assert_eq!(shares.len(), 4);
+    assert!(close(shares[0].gpu_seconds, 1.0) && close(shares[1].gpu_seconds, 3.0));
+    assert_eq!(shares[2].gpu_seconds, 0.0);
+    assert!(close(shares[3].gpu_seconds, 4.0));
+    // $2 per GPU-hour.
+    assert!(close(shares[3].cost_usd, 4.0 * 2.0 / 3600.0));
+    let seconds: f64 = shares.iter().map(|s| s.gpu_seconds).sum();
+    let energy: f64 = shares.iter().map(|s| s.energy_joules).sum();
+    assert!((seconds - server.gpu_seconds).abs() <= 0.01 * server.gpu_seconds);
+    assert!((energy - server.energy_joules).abs() <= 0.01 * server.energy_joules);
+    // No tokens reported: equal shares.
+    let equal = apportion(server, &[0, 0], 2.0);
+    assert!(close(equal[0].gpu_seconds, 4.0) && close(equal[1].gpu_seconds, 4.0));
+    assert!(apportion(server, &[], 2.0).is_empty());
+}
+
+#[test]
+fn replay_errors_are_clear() {
+    let mut source = ReplaySource::from_reader(Box::new(FAILED_AND_GAP.as_bytes()));
+    let mut errors = Vec::new();
+    loop {
+        match source.sample() {
+            Ok(_) => {}
+            Err(GpuError::Exhausted) => break,
+            Err(e) => errors.push(e),
+        }
+    }
+    assert!(
+        matches!(&errors[..], [
+        GpuError::RecordedFailure { line: 3, reason },
+        GpuError::BadReplayLine { line: 9, .. },
+    ] if reason == "GpuLost"),
+        "{errors:?}"
+    );
+    let long = format!("{}\n{}", "x".repeat(replay::MAX_REPLAY_LINE + 5), TWO_PODS);
+    let mut source = ReplaySource::from_reader(Box::new(std::io::Cursor::new(long.into_bytes())));
+    assert!(matches!(
+        source.sample(),
+        Err(GpuError::ReplayLineTooLong { line: 1, .. })
+    ));
+    assert!(source.sample().is_ok());
+    let missing = ReplaySource::open(std::path::Path::new("/nonexistent/gpu.jsonl"));
+    assert!(matches!(missing, Err(GpuError::Io { .. })));
+}
