@@ -3,4 +3,6 @@
 
 mod fixtures;
 mod hpack_rfc;
+mod http1_cases;
+mod http2_cases;
 mod support;

@@ -1,0 +1,112 @@
+//! HTTP/2 parser (with and without the client preface): no panic and bounded output on any bytes, gaps and
+//! closes; without gaps, the same events however the bytes are split.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tokenscope::protocols::http2::Http2Parser;
+use tokenscope::protocols::detect::PREFACE;
+use tokenscope::protocols::{Direction, HttpEvent, HttpParser, Limits, ParseStats};
+
+/// Input: records of `[header][len][bytes...]`; header bit 0 is the
+/// direction, bit 1 turns the record into a capture gap of `len` bytes.
+fn records(input: &[u8]) -> Vec<(Direction, bool, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut rest = input;
+    while let [header, len, tail @ ..] = rest {
+        let dir = if header & 1 == 0 { Direction::FromClient } else { Direction::FromServer };
+        let gap = header & 2 != 0;
+        let n = if gap { 0 } else { usize::from(*len).min(tail.len()) };
+        out.push((dir, gap, tail[..n].to_vec()));
+        rest = &tail[n..];
+    }
+    out
+}
+
+fn limits() -> Limits {
+    Limits { max_header_block: 2048, max_body: 32 * 1024, bomb_floor: 8 * 1024, ..Limits::default() }
+}
+
+fn bounded(events: &[HttpEvent]) {
+    let body: usize = events
+        .iter()
+        .map(|e| match e {
+            HttpEvent::RequestBody { data, .. } | HttpEvent::ResponseBody { data, .. } => data.len(),
+            _ => 0,
+        })
+        .sum();
+    // Output never passes the per-message bound times the number of messages.
+    let messages = events.iter().filter(|e| matches!(e, HttpEvent::Request { .. } | HttpEvent::Response { .. })).count();
+    assert!(body <= (messages + 1) * 32 * 1024);
+}
+
+/// Timestamps zeroed, adjacent body pieces merged.
+fn normalize(events: Vec<HttpEvent>) -> Vec<HttpEvent> {
+    let mut out: Vec<HttpEvent> = Vec::new();
+    for e in events {
+        let e = match e {
+            HttpEvent::Request { stream, head, .. } => HttpEvent::Request { stream, head, ts_ns: 0 },
+            HttpEvent::RequestBody { stream, data, .. } => HttpEvent::RequestBody { stream, data, ts_ns: 0 },
+            HttpEvent::RequestEnd { stream, .. } => HttpEvent::RequestEnd { stream, ts_ns: 0 },
+            HttpEvent::Response { stream, head, .. } => HttpEvent::Response { stream, head, ts_ns: 0 },
+            HttpEvent::ResponseBody { stream, data, .. } => HttpEvent::ResponseBody { stream, data, ts_ns: 0 },
+            HttpEvent::ResponseEnd { stream, .. } => HttpEvent::ResponseEnd { stream, ts_ns: 0 },
+            HttpEvent::Abort { stream, reason, .. } => HttpEvent::Abort { stream, reason, ts_ns: 0 },
+        };
+        match (out.last_mut(), &e) {
+            (Some(HttpEvent::RequestBody { stream: a, data: prev, .. }), HttpEvent::RequestBody { stream: b, data, .. })
+            | (Some(HttpEvent::ResponseBody { stream: a, data: prev, .. }), HttpEvent::ResponseBody { stream: b, data, .. })
+                if a == b =>
+            {
+                let mut joined = prev.to_vec();
+                joined.extend_from_slice(data);
+                *prev = joined.into();
+            }
+            _ => out.push(e),
+        }
+    }
+    out
+}
+
+fn direct(recs: &[(Direction, bool, Vec<u8>)], step: usize, preface: bool) -> Vec<HttpEvent> {
+    let mut parser = Http2Parser::new(limits(), preface);
+    let mut stats = ParseStats::default();
+    let mut out = Vec::new();
+    if preface {
+        parser.feed(Direction::FromClient, 1, PREFACE, &mut stats, &mut out);
+    }
+    for (dir, _, bytes) in recs {
+        for piece in bytes.chunks(step) {
+            parser.feed(*dir, 1, piece, &mut stats, &mut out);
+        }
+    }
+    parser.close(2, &mut stats, &mut out);
+    out
+}
+
+fuzz_target!(|input: &[u8]| {
+    let Some((&control, rest)) = input.split_first() else {
+        return;
+    };
+    let recs = records(rest);
+    let preface = control & 0x80 != 0;
+    let mut parser = HttpParser::new(limits());
+    let mut out = Vec::new();
+    if preface {
+        parser.feed(Direction::FromClient, 1, PREFACE, &mut out);
+    }
+    for (dir, gap, bytes) in &recs {
+        if *gap {
+            parser.gap(*dir, 1, bytes.len() as u64 + 1, &mut out);
+        } else {
+            parser.feed(*dir, 1, bytes, &mut out);
+        }
+    }
+    parser.close(2, &mut out);
+    bounded(&out);
+    if recs.iter().all(|(_, gap, _)| !gap) {
+        let whole = direct(&recs, usize::MAX, preface);
+        bounded(&whole);
+        let step = usize::from(control % 16) + 1;
+        assert_eq!(normalize(direct(&recs, step, preface)), normalize(whole));
+    }
+});
