@@ -381,3 +381,44 @@ pub fn apportion(total: &PidTotals, call_tokens: &[u64], usd_per_gpu_hour: f64) 
         })
         .collect()
 }
+
+/// A call that a server process on this node answered in the window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServedCall {
+    /// The serving process (host pid, as NVML reports it).
+    pub pid: u32,
+    /// Input plus output tokens.
+    pub tokens: u64,
+}
+
+/// Each call's GPU share, in `calls` order: its server pid's window totals split by
+/// [`apportion`] over that pid's calls. `None` for a pid with no GPU use in the window.
+pub fn apportion_calls(
+    window: &WindowTotals,
+    calls: &[ServedCall],
+    usd_per_gpu_hour: f64,
+) -> Vec<Option<GpuShare>> {
+    let mut by_pid: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (i, call) in calls.iter().enumerate() {
+        by_pid.entry(call.pid).or_default().push(i);
+    }
+    let mut out: Vec<Option<GpuShare>> = vec![None; calls.len()];
+    for (pid, positions) in by_pid {
+        let Some(totals) = window.pids.get(&pid) else {
+            continue;
+        };
+        let tokens: Vec<u64> = positions
+            .iter()
+            .map(|&i| calls.get(i).map_or(0, |c| c.tokens))
+            .collect();
+        for (i, share) in positions
+            .into_iter()
+            .zip(apportion(totals, &tokens, usd_per_gpu_hour))
+        {
+            if let Some(slot) = out.get_mut(i) {
+                *slot = Some(share);
+            }
+        }
+    }
+    out
+}

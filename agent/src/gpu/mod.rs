@@ -16,7 +16,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use accounting::{
-    apportion, Accountant, DeviceTotals, OwnerTotals, PidTotals, WindowTotals, UNATTRIBUTED,
+    apportion, apportion_calls, Accountant, DeviceTotals, OwnerTotals, PidTotals, ServedCall,
+    WindowTotals, UNATTRIBUTED,
 };
 pub use nvml::NvmlSource;
 pub use replay::ReplaySource;

@@ -266,3 +266,42 @@ fn replay_errors_are_clear() {
     let missing = ReplaySource::open(std::path::Path::new("/nonexistent/gpu.jsonl"));
     assert!(matches!(missing, Err(GpuError::Io { .. })));
 }
+
+#[test]
+fn served_calls_get_their_server_pid_share() {
+    let w = replay(TWO_PODS);
+    let calls = [
+        ServedCall {
+            pid: 2002,
+            tokens: 300,
+        },
+        ServedCall {
+            pid: 9999,
+            tokens: 500,
+        },
+        ServedCall {
+            pid: 2002,
+            tokens: 100,
+        },
+        ServedCall {
+            pid: 1001,
+            tokens: 10,
+        },
+    ];
+    let shares = apportion_calls(&w, &calls, 3.6);
+    assert_eq!(shares.len(), 4);
+    let seconds = |i: usize| {
+        shares
+            .get(i)
+            .and_then(|s| s.as_ref())
+            .map(|s| s.gpu_seconds)
+    };
+    // 2002 used 8 GPU-seconds: 3/4 and 1/4 by tokens; 1001 used 1; 9999 none.
+    let near = |got: Option<f64>, want: f64| got.is_some_and(|g| close(g, want));
+    assert!(near(seconds(0), 6.0), "{shares:?}");
+    assert_eq!(seconds(1), None);
+    assert!(near(seconds(2), 2.0) && near(seconds(3), 1.0), "{shares:?}");
+    // $3.60 per GPU-hour is $0.001 per GPU-second.
+    let cost = shares.first().and_then(|s| s.as_ref()).map(|s| s.cost_usd);
+    assert!(cost.is_some_and(|c| close(c, 0.006)), "{cost:?}");
+}

@@ -106,6 +106,25 @@ pub struct ReportArgs {
     /// Suggest a smaller model for teams whose calls are small, with the evidence.
     #[arg(long)]
     pub advice: bool,
+    /// Price catalogues over the built-in one (Tokenscope TOML, or LiteLLM's JSON), in order.
+    #[arg(
+        long = "prices",
+        value_name = "FILE",
+        env = "TOKENSCOPE_PRICES",
+        value_delimiter = ','
+    )]
+    pub prices: Vec<PathBuf>,
+}
+
+impl ReportArgs {
+    /// The catalogue for this report: built-in, overridden by `--prices` files.
+    pub fn pricer(&self) -> Result<Pricer, crate::pricing::PricingError> {
+        if self.prices.is_empty() {
+            Ok(Pricer::builtin())
+        } else {
+            Pricer::from_files(&self.prices)
+        }
+    }
 }
 
 /// What reading the files gave besides the records.

@@ -604,6 +604,18 @@ fn run_reads_files_from_the_command_line() {
     assert!(groups
         .iter()
         .any(|g| g["group"]["provider"] == "anthropic" && g["group"]["operation"] == "chat"));
+    assert_eq!(
+        cli.report.pricer().map(|p| p.len()).ok(),
+        Some(crate::pricing::Pricer::builtin().len())
+    );
+    let priced = Cli::try_parse_from([
+        "report",
+        path.as_str(),
+        "--prices",
+        "/nonexistent/prices.toml",
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(priced.report.pricer().is_err());
     let missing = Cli::try_parse_from(["report", "/nonexistent/tokenscope.jsonl"])
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(run(&missing.report, &crate::pricing::Pricer::builtin()).is_err());
