@@ -76,7 +76,7 @@ fn mig_fraction(name: &str, parent_name: &str, memory: u64, parent_memory: u64) 
 fn processes(
     device: &Device<'_>,
     uuid: &str,
-    util: &HashMap<u32, f64>,
+    util: Option<&HashMap<u32, f64>>,
     out: &mut Vec<ProcessSample>,
 ) -> Result<(), GpuError> {
     let running = optional(
@@ -92,25 +92,38 @@ fn processes(
             pid: process.pid,
             device: uuid.to_owned(),
             // Running but absent from the utilisation samples: it did no work.
-            sm_util_pct: (!util.is_empty()).then(|| util.get(&process.pid).copied().unwrap_or(0.0)),
+            sm_util_pct: util.map(|u| u.get(&process.pid).copied().unwrap_or(0.0)),
             memory_used_bytes,
         });
     }
     Ok(())
 }
 
-/// Mean SM utilisation per pid over the samples since the previous call for this device.
+/// Mean SM utilisation per pid over the samples since the previous call for this
+/// device; `None` where the device cannot tell (MIG instances, older GPUs).
 fn process_util(
     last_seen: &mut HashMap<String, u64>,
     device: &Device<'_>,
     uuid: &str,
-) -> Result<HashMap<u32, f64>, GpuError> {
+) -> Result<Option<HashMap<u32, f64>>, GpuError> {
     let since = last_seen.get(uuid).copied();
-    let samples = optional(
-        device.process_utilization_stats(since),
-        "process_utilization_stats",
-    )?
-    .unwrap_or_default();
+    let samples = match device.process_utilization_stats(since) {
+        Ok(samples) => samples,
+        // No process was active since `since`: every running process did no work.
+        Err(NvmlError::NotFound) => Vec::new(),
+        Err(
+            NvmlError::NotSupported
+            | NvmlError::FailedToLoadSymbol(_)
+            | NvmlError::FunctionNotFound
+            | NvmlError::NoPermission,
+        ) => return Ok(None),
+        Err(source) => {
+            return Err(GpuError::Nvml {
+                operation: "process_utilization_stats",
+                source,
+            })
+        }
+    };
     let mut sums: HashMap<u32, (f64, u32)> = HashMap::new();
     for s in &samples {
         let entry = sums.entry(s.pid).or_insert((0.0, 0));
@@ -120,10 +133,11 @@ fn process_util(
     if let Some(newest) = samples.iter().map(|s| s.timestamp).max() {
         last_seen.insert(uuid.to_owned(), newest);
     }
-    Ok(sums
-        .into_iter()
-        .map(|(pid, (sum, n))| (pid, sum / f64::from(n.max(1))))
-        .collect())
+    Ok(Some(
+        sums.into_iter()
+            .map(|(pid, (sum, n))| (pid, sum / f64::from(n.max(1))))
+            .collect(),
+    ))
 }
 
 impl GpuSource for NvmlSource {
@@ -165,7 +179,7 @@ impl GpuSource for NvmlSource {
             });
             if !mig_on {
                 let util = process_util(&mut self.last_seen, &device, &uuid)?;
-                processes(&device, &uuid, &util, &mut processes_out)?;
+                processes(&device, &uuid, util.as_ref(), &mut processes_out)?;
                 continue;
             }
             let slots = required(device.mig_device_count(), "mig_device_count")?;
@@ -185,7 +199,7 @@ impl GpuSource for NvmlSource {
                 let mig_name = required(mig.name(), "name")?;
                 let mig_memory = required(mig.memory_info(), "memory_info")?;
                 let util = process_util(&mut self.last_seen, &mig, &mig_uuid)?;
-                processes(&mig, &mig_uuid, &util, &mut processes_out)?;
+                processes(&mig, &mig_uuid, util.as_ref(), &mut processes_out)?;
                 devices.push(DeviceSample {
                     index: i,
                     uuid: mig_uuid,

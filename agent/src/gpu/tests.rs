@@ -305,3 +305,59 @@ fn served_calls_get_their_server_pid_share() {
     let cost = shares.first().and_then(|s| s.as_ref()).map(|s| s.cost_usd);
     assert!(cost.is_some_and(|c| close(c, 0.006)), "{cost:?}");
 }
+
+fn gpu(util: Option<f64>, energy_mj: Option<u64>) -> DeviceSample {
+    DeviceSample {
+        index: 0,
+        uuid: "GPU-1".into(),
+        name: "NVIDIA L40S".into(),
+        mig: None,
+        sm_util_pct: util,
+        memory_used_bytes: 0,
+        memory_total_bytes: 48 << 30,
+        power_w: None,
+        energy_mj,
+    }
+}
+
+fn process(pid: u32, util: Option<f64>, gib: u64) -> ProcessSample {
+    ProcessSample {
+        pid,
+        device: "GPU-1".into(),
+        sm_util_pct: util,
+        memory_used_bytes: Some(gib << 30),
+    }
+}
+
+#[test]
+fn unknown_process_utilisation_shares_what_the_device_leaves() {
+    let mut accountant = Accountant::new(Duration::from_secs(30));
+    let at = |s: u64, energy: u64, util: Option<f64>, processes| GpuSample {
+        timestamp_unix_nano: s * 1_000_000_000,
+        devices: vec![gpu(util, Some(energy))],
+        processes,
+    };
+    accountant.add_sample(at(100, 0, Some(10.0), vec![]));
+    // Device 80% busy over 10 s; pid 1 says 30%; pids 2 and 3 unknown, 2 and 6 GiB.
+    let procs = vec![
+        process(1, Some(30.0), 1),
+        process(2, None, 2),
+        process(3, None, 6),
+    ];
+    accountant.add_sample(at(110, 1_000_000, Some(80.0), procs));
+    // Utilisations adding up past 100% are scaled to the device.
+    let procs = vec![process(1, Some(90.0), 1), process(2, Some(60.0), 2)];
+    accountant.add_sample(at(120, 2_000_000, Some(100.0), procs));
+    let w = accountant.take_window();
+    let seconds = |p: u32| pid(&w, p).gpu_seconds;
+    assert!(close(seconds(1), 3.0 + 6.0), "{:?}", w.pids);
+    assert!(close(seconds(2), 1.25 + 4.0), "{:?}", w.pids);
+    assert!(close(seconds(3), 3.75), "{:?}", w.pids);
+    let d = device(&w, "GPU-1");
+    assert!(
+        close(d.idle_seconds, 2.0) && close(d.idle_energy_joules, 200.0),
+        "{d:?}"
+    );
+    assert!(close(pid(&w, 3).energy_joules, 375.0), "{:?}", w.pids);
+    assert_adds_up(&w);
+}
