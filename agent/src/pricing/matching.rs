@@ -5,7 +5,7 @@
 //! prefixes such as `openai/gpt-4o`, `models/gemini-2.5-pro`,
 //! `groq/openai/gpt-oss-120b`). Within one key, an entry of the call's own
 //! provider wins, then an exact name over an alias over a prefixed catalogue
-//! name, then the catalogue loaded last.
+//! name, then the name with fewest `/` parts, then the catalogue loaded last.
 
 use crate::record::Provider;
 

@@ -210,8 +210,10 @@ impl Pricer {
             .filter_map(|&(i, kind)| Some((i, kind, self.entries.get(i)?)))
             .map(|(i, kind, entry)| {
                 let rank = matching::provider_rank(provider, entry.provider.as_deref());
-                // Later entries (user catalogues) win ties: compare on the negated position.
-                (i, (rank, kind, std::cmp::Reverse(i)))
+                // Then the shortest name (`azure/gpt-4o` over `azure/us/gpt-4o`), then the
+                // entry loaded last (user catalogues).
+                let segments = entry.name.matches('/').count();
+                (i, (rank, kind, segments, std::cmp::Reverse(i)))
             })
             .min_by_key(|(_, order)| *order)?;
         self.entries.get(index)

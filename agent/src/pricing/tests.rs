@@ -203,7 +203,7 @@ fn user_files_override_builtin_and_litellm_is_imported() {
         pd(&pricer, Provider::Openai, "gpt-4o-mini-2024-07-18", &u).0,
         600_000_000_000
     );
-    assert_eq!(pricer.len(), builtin.len() + 5);
+    assert_eq!(pricer.len(), builtin.len() + 6);
     // Aliases, case and a prefixed alias.
     assert_eq!(
         pd(&pricer, Provider::OpenaiCompatible, "Acme-Large", &u).1,
@@ -213,7 +213,8 @@ fn user_files_override_builtin_and_litellm_is_imported() {
         pd(&pricer, Provider::OpenaiCompatible, "acme/large-v2", &u).1,
         "acme-gateway-large"
     );
-    // LiteLLM: Azure's own price wins for an Azure call, OpenAI's for an OpenAI call.
+    // LiteLLM: Azure's own price wins for an Azure call, OpenAI's for an OpenAI call;
+    // the plain Azure entry over a regional one (azure/eu/gpt-4o).
     assert_eq!(
         pd(&pricer, Provider::AzureOpenai, "gpt-4o", &u).0,
         13_750_000_000_000
