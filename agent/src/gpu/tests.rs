@@ -361,3 +361,93 @@ fn unknown_process_utilisation_shares_what_the_device_leaves() {
     assert!(close(pid(&w, 3).energy_joules, 375.0), "{:?}", w.pids);
     assert_adds_up(&w);
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A process reading: pid, which unit it runs on, utilisation, memory.
+    type Proc = (u32, usize, (Option<f64>, Option<u64>));
+    /// One round: device utilisation, energy step, MIG or not, processes.
+    type Round = (Option<f64>, u64, bool, Vec<Proc>);
+
+    fn reading() -> impl Strategy<Value = (Option<f64>, Option<u64>)> {
+        (
+            prop::option::of(0.0f64..150.0),
+            prop::option::of(0u64..(80 << 30)),
+        )
+    }
+
+    /// One interval's readings: device util, energy step, MIG or not, processes (pid, unit, reading).
+    fn round() -> impl Strategy<Value = Round> {
+        (
+            prop::option::of(0.0f64..100.0),
+            0u64..5_000_000,
+            any::<bool>(),
+            prop::collection::vec((1u32..6, 0usize..3, reading()), 0..6),
+        )
+    }
+
+    fn sample(
+        t: u64,
+        energy: u64,
+        device_util: Option<f64>,
+        mig: bool,
+        procs: &[Proc],
+    ) -> GpuSample {
+        let parent = gpu(device_util, Some(energy));
+        let mut devices = vec![parent];
+        let units: Vec<String> = if mig {
+            for (i, fraction) in [(0, 3.0 / 7.0), (1, 2.0 / 7.0)] {
+                devices.push(DeviceSample {
+                    uuid: format!("MIG-{i}"),
+                    mig: Some(MigInstance {
+                        parent_uuid: "GPU-1".into(),
+                        fraction,
+                    }),
+                    energy_mj: None,
+                    ..gpu(None, None)
+                });
+            }
+            vec!["MIG-0".into(), "MIG-1".into(), "MIG-9".into()]
+        } else {
+            vec!["GPU-1".into(), "GPU-1".into(), "GPU-1".into()]
+        };
+        let processes = procs
+            .iter()
+            .map(|(pid, unit, (util, memory))| ProcessSample {
+                pid: *pid,
+                device: units.get(*unit).cloned().unwrap_or_default(),
+                sm_util_pct: *util,
+                memory_used_bytes: *memory,
+            })
+            .collect();
+        GpuSample {
+            timestamp_unix_nano: t * 1_000_000_000,
+            devices,
+            processes,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn shares_and_idle_add_up_to_the_device(rounds in prop::collection::vec(round(), 2..12), steps in prop::collection::vec(1u64..20, 12)) {
+            let mut accountant = Accountant::new(Duration::from_secs(30));
+            let (mut t, mut energy) = (1000u64, 0u64);
+            for (i, (util, step, mig, procs)) in rounds.iter().enumerate() {
+                t += steps.get(i).copied().unwrap_or(1);
+                energy += step;
+                accountant.add_sample(sample(t, energy, *util, *mig, procs));
+            }
+            let w = accountant.take_window();
+            prop_assert_eq!(w.intervals as usize, rounds.len() - 1);
+            for p in w.pids.values() {
+                prop_assert!(p.gpu_seconds >= 0.0 && p.energy_joules >= 0.0);
+            }
+            let d = device(&w, "GPU-1");
+            prop_assert!(d.idle_seconds >= -1e-9 && d.idle_energy_joules >= -1e-6);
+            assert_adds_up(&w);
+        }
+    }
+}
