@@ -524,6 +524,25 @@ async fn scenario(transport: Transport) {
         .await
         .expect("join")
         .expect("shutdown");
+    let dropped = stats(
+        &exporter,
+        "tokenscope_otlp_spans_dropped_total",
+        "queue_full",
+    );
+    exporter.export(&healthy[0]);
+    assert_eq!(
+        stats(
+            &exporter,
+            "tokenscope_otlp_spans_dropped_total",
+            "queue_full"
+        ),
+        dropped + 1,
+        "after shutdown a record is a counted drop"
+    );
+    assert!(matches!(
+        exporter.flush(),
+        Err(tokenscope::export::ExportError::Stopped)
+    ));
     receiver.stop().await;
 }
 

@@ -33,6 +33,8 @@ pub enum ExportError {
     Thread(#[source] std::io::Error),
     #[error("the exporter is stopped")]
     Stopped,
+    #[error("flush did not finish in time")]
+    FlushTimeout,
     #[error("OTLP exporter could not be built")]
     OtlpBuild(#[source] opentelemetry_otlp::ExporterBuildError),
     #[error("OTLP export failed")]

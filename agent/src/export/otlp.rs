@@ -11,10 +11,10 @@
 //! them in batches. Attribute names follow the GenAI semantic conventions.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState};
@@ -28,6 +28,7 @@ use opentelemetry_sdk::metrics::{SdkMeterProvider, Temporality};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::metrics::{
     error_type, is_rate_limited, side_str, token_counts, LabelSet, SeriesGate, DURATION_BUCKETS,
@@ -264,6 +265,11 @@ pub struct OtlpExporter {
     gate: SeriesGate,
     spans: mpsc::Sender<SpanMessage>,
     stats: Arc<OtlpStats>,
+    stopped: AtomicBool,
+    /// Ends the span task at shutdown.
+    stop_spans: CancellationToken,
+    /// Bound on one flush (the span task may be inside a retrying export).
+    flush_timeout: Duration,
 }
 
 impl std::fmt::Debug for OtlpExporter {
@@ -330,11 +336,13 @@ impl OtlpExporter {
         let meter = meter_provider.meter_with_scope(scope());
 
         let (spans, queue) = mpsc::channel(options.span_queue.max(1));
+        let stop_spans = CancellationToken::new();
         runtime.spawn(export_spans(
             span_exporter,
             queue,
             options.span_batch.max(1),
             Arc::clone(&stats),
+            stop_spans.clone(),
         ));
         Ok(OtlpExporter {
             meter_provider,
@@ -342,6 +350,10 @@ impl OtlpExporter {
             gate: SeriesGate::new(options.series_limit),
             spans,
             stats,
+            stopped: AtomicBool::new(false),
+            stop_spans,
+            // A retrying export can take a few timeouts; the queue drains in batches.
+            flush_timeout: options.timeout.saturating_mul(4),
         })
     }
 
@@ -356,6 +368,10 @@ impl Exporter for OtlpExporter {
     }
 
     fn export(&self, record: &CallRecord) {
+        if self.stopped.load(Ordering::Relaxed) {
+            self.stats.spans_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let labels = self.gate.admit(LabelSet::from_record(record));
         self.instruments.record(record, &metric_attributes(&labels));
         let message = SpanMessage::Call(Box::new(record.clone()));
@@ -366,15 +382,38 @@ impl Exporter for OtlpExporter {
 
     /// Exports queued spans and pushes the metric totals now. Blocking.
     fn flush(&self) -> Result<(), ExportError> {
+        if self.stopped.load(Ordering::Relaxed) {
+            return Err(ExportError::Stopped);
+        }
+        let deadline = Instant::now() + self.flush_timeout;
         let (ack, done) = std_mpsc::sync_channel(1);
-        self.spans
-            .blocking_send(SpanMessage::Flush(ack))
-            .map_err(|_| ExportError::Stopped)?;
-        done.recv().map_err(|_| ExportError::Stopped)?;
+        // Polling rather than `blocking_send`, which panics if a caller breaks
+        // the contract and flushes from an async worker.
+        let mut message = SpanMessage::Flush(ack);
+        loop {
+            match self.spans.try_send(message) {
+                Ok(()) => break,
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(ExportError::Stopped),
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    if Instant::now() >= deadline {
+                        return Err(ExportError::FlushTimeout);
+                    }
+                    message = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        done.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .map_err(|_| ExportError::FlushTimeout)?;
         self.meter_provider.force_flush().map_err(ExportError::Otlp)
     }
 
+    /// Pushes the final metric totals and stops both signals; later records are counted drops.
     fn shutdown(&self) -> Result<(), ExportError> {
+        if self.stopped.swap(true, Ordering::Relaxed) {
+            return Err(ExportError::Stopped);
+        }
+        self.stop_spans.cancel();
         self.meter_provider.shutdown().map_err(ExportError::Otlp)
     }
 
@@ -421,11 +460,17 @@ async fn export_spans(
     mut queue: mpsc::Receiver<SpanMessage>,
     batch_size: usize,
     stats: Arc<OtlpStats>,
+    stop: CancellationToken,
 ) {
     let ids = RandomIdGenerator::default();
     let mut batch = Vec::with_capacity(batch_size);
-    // Ends when every sender (the exporter) is dropped.
-    while let Some(first) = queue.recv().await {
+    loop {
+        // Ends at shutdown, or when the exporter (the only sender) is dropped.
+        let first = tokio::select! {
+            message = queue.recv() => message,
+            () = stop.cancelled() => None,
+        };
+        let Some(first) = first else { break };
         let mut acks = Vec::new();
         let mut next = Some(first);
         while let Some(message) = next.take() {
