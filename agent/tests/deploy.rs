@@ -616,6 +616,14 @@ fn rendered_metrics() -> String {
         let record: CallRecord = serde_json::from_str(line).expect("fixture record");
         metrics.record(&record);
     }
+    // As the daemon publishes the kernel-side counters.
+    for (counter, value) in [("ringbuf_full", 3), ("read_failed", 0), ("ssl_calls", 120)] {
+        metrics.set_agent_counter(
+            "tokenscope_capture_kernel_total",
+            &[("counter", counter)],
+            value,
+        );
+    }
     prometheus::render(&metrics.snapshot())
 }
 
