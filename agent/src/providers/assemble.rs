@@ -66,6 +66,48 @@ pub struct AssembleStats {
     pub orphan_events: u64,
 }
 
+/// The open exchanges of a connection: one for HTTP/1.1, a few for HTTP/2,
+/// so a vector searched linearly beats hashing.
+#[derive(Debug, Default)]
+struct OpenExchanges {
+    streams: Vec<u64>,
+    exchanges: Vec<Exchange>,
+}
+
+impl OpenExchanges {
+    fn index(&self, stream: u64) -> Option<usize> {
+        self.streams.iter().position(|&s| s == stream)
+    }
+
+    fn get_mut(&mut self, stream: &u64) -> Option<&mut Exchange> {
+        let i = self.index(*stream)?;
+        self.exchanges.get_mut(i)
+    }
+
+    fn contains_key(&self, stream: &u64) -> bool {
+        self.index(*stream).is_some()
+    }
+
+    fn insert(&mut self, stream: u64, ex: Exchange) {
+        self.streams.push(stream);
+        self.exchanges.push(ex);
+    }
+
+    fn remove(&mut self, stream: &u64) -> Option<Exchange> {
+        let i = self.index(*stream)?;
+        self.streams.swap_remove(i);
+        Some(self.exchanges.swap_remove(i))
+    }
+
+    fn len(&self) -> usize {
+        self.streams.len()
+    }
+
+    fn streams(&self) -> impl Iterator<Item = u64> + '_ {
+        self.streams.iter().copied()
+    }
+}
+
 /// What the request said about itself.
 #[derive(Debug, Default)]
 struct RequestInfo {
@@ -82,10 +124,7 @@ struct RequestInfo {
 enum Framing {
     /// Response head not seen yet, or no body byte to sniff yet.
     Undecided,
-    Json {
-        body: Vec<u8>,
-        truncated: bool,
-    },
+    Json(JsonBody),
     Sse(SseParser),
     Lines(LineSplitter),
     Array(JsonArraySplitter),
@@ -113,7 +152,7 @@ struct Exchange {
 #[derive(Debug)]
 pub struct CallAssembler {
     limits: Limits,
-    open: HashMap<u64, Exchange>,
+    open: OpenExchanges,
     /// Exchanges known not to be LLM calls; their events are ignored.
     ignored: HashMap<u64, ()>,
     stats: AssembleStats,
@@ -123,7 +162,7 @@ impl CallAssembler {
     pub fn new(limits: Limits) -> Self {
         CallAssembler {
             limits,
-            open: HashMap::new(),
+            open: OpenExchanges::default(),
             ignored: HashMap::new(),
             stats: AssembleStats::default(),
         }
@@ -195,7 +234,7 @@ impl CallAssembler {
 
     /// Flushes every open exchange as incomplete (the connection ended).
     pub fn close(&mut self, ts_ns: u64, out: &mut Vec<LlmCall>) {
-        let mut streams: Vec<u64> = self.open.keys().copied().collect();
+        let mut streams: Vec<u64> = self.open.streams().collect();
         streams.sort_unstable();
         for stream in streams {
             self.complete(stream, ts_ns, true, out);
@@ -221,7 +260,9 @@ impl CallAssembler {
         if self.open.contains_key(&stream) {
             self.complete(stream, ts_ns, true, out);
         }
-        self.ignored.remove(&stream);
+        if !self.ignored.is_empty() {
+            self.ignored.remove(&stream);
+        }
         if self.open.len() >= self.limits.max_open_streams {
             self.stats.too_many_streams += 1;
             self.ignore(stream);
@@ -292,7 +333,7 @@ impl CallAssembler {
     fn complete(&mut self, stream: u64, ts_ns: u64, aborted: bool, out: &mut Vec<LlmCall>) {
         self.finish_request(stream);
         let Some(ex) = self.open.remove(&stream) else {
-            if self.ignored.remove(&stream).is_none() {
+            if self.ignored.is_empty() || self.ignored.remove(&stream).is_none() {
                 self.stats.orphan_events += 1;
             }
             return;
@@ -374,17 +415,9 @@ impl Exchange {
         };
         match &mut self.framing {
             Framing::Undecided => {}
-            Framing::Json { body, truncated } => {
-                let room = limits.max_json_response.saturating_sub(body.len());
-                if bytes.len() > room {
-                    if !*truncated {
-                        *truncated = true;
-                        stats.truncated_bodies += 1;
-                    }
-                    body.extend_from_slice(bytes.get(..room).unwrap_or_default());
-                } else {
-                    body.extend_from_slice(bytes);
-                }
+            Framing::Json(body) => {
+                let start = data.len() - bytes.len();
+                body.push(data.slice(start..), limits.max_json_response, stats);
             }
             Framing::Sse(p) => p.feed(bytes, |e| on_item(e.event, e.data)),
             Framing::Lines(l) => l.feed(bytes, |line| on_item("", line)),
@@ -413,7 +446,9 @@ impl Exchange {
 
         match std::mem::replace(&mut self.framing, Framing::Undecided) {
             Framing::Undecided => {}
-            Framing::Json { body, truncated } => {
+            Framing::Json(body) => {
+                let truncated = body.truncated;
+                let body = body.bytes();
                 if success {
                     streaming = false;
                     let ts = self.first_body_ns.unwrap_or(end_ns);
@@ -516,26 +551,64 @@ impl Exchange {
     }
 }
 
+/// A JSON body kept whole; the common single-chunk body is not copied.
+#[derive(Debug, Default)]
+struct JsonBody {
+    first: Bytes,
+    rest: Vec<u8>,
+    truncated: bool,
+}
+
+impl JsonBody {
+    fn push(&mut self, data: Bytes, max: usize, stats: &mut AssembleStats) {
+        let held = self.first.len() + self.rest.len();
+        let room = max.saturating_sub(held);
+        if data.len() > room && !self.truncated {
+            self.truncated = true;
+            stats.truncated_bodies += 1;
+        }
+        let data = data.slice(..room.min(data.len()));
+        if held == 0 {
+            self.first = data;
+        } else {
+            if self.rest.is_empty() {
+                self.rest.extend_from_slice(&self.first);
+                self.first = Bytes::new();
+            }
+            self.rest.extend_from_slice(&data);
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.rest.is_empty() {
+            &self.first
+        } else {
+            &self.rest
+        }
+    }
+}
+
 fn choose_framing(
     api: Api,
     head: Option<&ResponseHead>,
     first: Option<u8>,
     limits: &Limits,
 ) -> Framing {
-    let json = || Framing::Json {
-        body: Vec::new(),
-        truncated: false,
-    };
+    let json = || Framing::Json(JsonBody::default());
     let Some(head) = head else {
         return json();
     };
     if !(200..300).contains(&head.status) {
         return json();
     }
-    let content_type = header(&head.headers, "content-type")
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let sse = content_type.contains("text/event-stream")
+    let content_type = header(&head.headers, "content-type").unwrap_or("");
+    let has = |needle: &str| {
+        content_type
+            .as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+    };
+    let sse = has("text/event-stream")
         || (content_type.is_empty() && matches!(first, Some(b'd' | b'e' | b':' | b'i')));
     if sse {
         return Framing::Sse(SseParser::new(limits.max_stream_item));
@@ -544,7 +617,7 @@ fn choose_framing(
         api,
         Api::OllamaChat | Api::OllamaGenerate | Api::OllamaEmbed
     );
-    if content_type.contains("ndjson") || (ollama && !content_type.contains("application/json")) {
+    if has("ndjson") || (ollama && !has("application/json")) {
         return Framing::Lines(LineSplitter::new(limits.max_stream_item));
     }
     if api == Api::GenerateContent && first == Some(b'[') {
