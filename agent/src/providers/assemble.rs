@@ -452,7 +452,7 @@ impl Exchange {
                 if success {
                     streaming = false;
                     let ts = self.first_body_ns.unwrap_or(end_ns);
-                    if decode::body(api, &mut self.obs, &body, ts).is_err()
+                    if decode::body(api, &mut self.obs, body, ts).is_err()
                         && !truncated
                         && !aborted
                     {
@@ -460,7 +460,7 @@ impl Exchange {
                     }
                     self.obs.first_token_ns = self.first_body_ns;
                 } else if let Some(code) = status {
-                    let (kind, err_code) = decode::error_kind(&body);
+                    let (kind, err_code) = decode::error_kind(body);
                     error_type = Some(status::classify(code, kind.as_deref(), err_code.as_deref()));
                 }
             }
