@@ -1,4 +1,52 @@
-fn main() {
-    let object = include_bytes!(concat!(env!("OUT_DIR"), "/tokenscope"));
-    println!("{}", object.len());
+//! The `tokenscope` command.
+
+use clap::{Parser, Subcommand};
+use tokenscope::{
+    config::{Config, Overrides},
+    pricing::Pricer,
+    report::{self, ReportArgs},
+};
+
+#[derive(Parser)]
+#[command(name = "tokenscope", version, about = "What your organisation gets for its AI spend, per pod, team and model")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: capture, decode, attribute, price and export LLM calls.
+    Run(Overrides),
+    /// Report what each team pays, from the agent's JSON Lines events.
+    Report(ReportArgs),
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("tokenscope={level},warn"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(overrides) => {
+            let config = Config::load(&overrides)?;
+            init_tracing(&config.agent.log_level);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(tokenscope::daemon::run(config))
+        }
+        Command::Report(args) => {
+            let pricer = Pricer::builtin();
+            print!("{}", report::run(&args, &pricer)?);
+            Ok(())
+        }
+    }
 }

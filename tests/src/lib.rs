@@ -1,1 +1,310 @@
+//! Harness for the end-to-end tests: the real agent binary with its probes,
+//! real clients and a local LLM server. These tests need root (they load
+//! eBPF); under `CI=true` a machine that cannot run them fails them.
 
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The end-to-end tests watch the whole node: run them one at a time.
+pub static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Whether this machine can load the probes. Under CI a machine that cannot
+/// is a failure, never a skip.
+pub fn ebpf_available() -> bool {
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    let ok = is_root && btf;
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "eBPF end-to-end test cannot run here (root: {is_root}, BTF: {btf}) and CI=true forbids skipping"
+        );
+        eprintln!("skipping: needs root and kernel BTF");
+    }
+    ok
+}
+
+pub fn agent_binary() -> PathBuf {
+    let bin = root().join("target/debug/tokenscope");
+    if !bin.exists() {
+        let status = Command::new("cargo")
+            .current_dir(root())
+            .args(["build", "-p", "tokenscope"])
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building the agent failed");
+    }
+    bin
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "tokenscope-{tag}-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed on drop.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The agent, started with its events written to a JSON Lines file.
+pub struct Agent {
+    pub guard: Guard,
+    pub port: u16,
+    pub events: PathBuf,
+    pub log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Agent {
+    pub fn start(extra: &[&str]) -> Agent {
+        let dir = TempDir::new("agent");
+        let events = dir.path().join("events.jsonl");
+        let log = dir.path().join("agent.log");
+        let port = free_port();
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(agent_binary())
+            .args(["run", "--log-level", "debug", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--events")
+            .arg(&events)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start tokenscope");
+        let agent = Agent {
+            guard: Guard(child),
+            port,
+            events,
+            log,
+            _dir: dir,
+        };
+        agent.wait_ready();
+        agent
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if http_get(self.port, "/readyz").is_some_and(|(code, _)| code == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("agent not ready in 60 s; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> String {
+        let (code, body) = http_get(self.port, path).expect("agent answers");
+        assert_eq!(code, 200, "{path}: {body}");
+        body
+    }
+
+    /// Records written so far.
+    pub fn records(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.events).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits until `pred` holds over the records, or panics with what was seen.
+    pub fn wait_records(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let records = self.records();
+            if pred(&records) {
+                return records;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; records: {records:#?}\nmetrics:\n{}\nlog tail:\n{}",
+                    http_get(self.port, "/metrics").map(|r| r.1).unwrap_or_default(),
+                    tail(&self.log_text(), 60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Plain HTTP GET on loopback; (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Write;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|x| x.1.to_string())?;
+    Some((code, body))
+}
+
+/// The local LLM server (tests/servers/fake_llm.py), plain or TLS.
+pub struct LlmServer {
+    pub guard: Guard,
+    pub port: u16,
+    pub tls: Option<TlsFiles>,
+}
+
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    _dir: TempDir,
+}
+
+impl TlsFiles {
+    /// A self-signed certificate for `localhost`, made with the openssl CLI.
+    pub fn self_signed() -> TlsFiles {
+        let dir = TempDir::new("tls");
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        let status = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(status.success(), "openssl req failed");
+        TlsFiles { cert, key, _dir: dir }
+    }
+}
+
+pub fn python() -> PathBuf {
+    let venv = root().join("target/testenv/venv/bin/python");
+    assert!(
+        venv.exists(),
+        "{} is missing: run `cargo xtask setup --test-env` (cargo xtask test does it)",
+        venv.display()
+    );
+    venv
+}
+
+impl LlmServer {
+    pub fn start(tls: bool) -> LlmServer {
+        let tls = tls.then(TlsFiles::self_signed);
+        let mut cmd = Command::new("python3");
+        cmd.arg(root().join("tests/servers/fake_llm.py"));
+        if let Some(t) = &tls {
+            cmd.arg("--cert").arg(&t.cert).arg("--key").arg(&t.key);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start fake_llm.py");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("READY line");
+        let port = line
+            .trim()
+            .strip_prefix("READY ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("fake_llm.py said {line:?}"));
+        LlmServer {
+            guard: Guard(child),
+            port,
+            tls,
+        }
+    }
+
+    pub fn base(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://localhost:{}", self.port)
+    }
+}
+
+/// Runs a command to completion and returns its stdout; panics with stderr on failure.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Records of one side made by one process.
+pub fn by_pid<'a>(records: &'a [Value], pid: u32, side: &str) -> Vec<&'a Value> {
+    records
+        .iter()
+        .filter(|r| r["attribution"]["pid"] == pid && r["side"] == side)
+        .collect()
+}

@@ -1,1 +1,132 @@
-fn main(){}
+//! Project tasks: `cargo xtask setup | run | test | bench | fuzz`.
+//!
+//! Each task first brings in what it needs (and skips what is present), and
+//! fails with a message that says what to do.
+
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain pieces, system packages and test clients.
+    Setup {
+        /// Also install the Python and Node SDKs the end-to-end tests drive.
+        #[arg(long)]
+        test_env: bool,
+    },
+    /// Build the agent in release mode and run it (as root).
+    Run {
+        /// Arguments passed to `tokenscope run`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: unit tests, and the eBPF end-to-end tests as root.
+    Test {
+        /// Extra arguments passed to `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the criterion benchmarks.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run each fuzz target for a while (cargo fuzz, nightly).
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+}
+
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_else(|| ".".into())
+}
+
+pub fn run_cmd(cmd: &mut Command, what: &str) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: cannot start {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.task {
+        Task::Setup { test_env } => {
+            setup::toolchain()?;
+            if test_env {
+                setup::test_env()?;
+            }
+        }
+        Task::Run { args } => {
+            setup::toolchain()?;
+            run_cmd(
+                Command::new("cargo")
+                    .current_dir(&root)
+                    .args(["build", "--release", "-p", "tokenscope"]),
+                "building the agent",
+            )?;
+            let bin = root.join("target/release/tokenscope");
+            let mut cmd = if setup::is_root() {
+                Command::new(&bin)
+            } else {
+                let mut c = Command::new("sudo");
+                c.arg("-E").arg(&bin);
+                c
+            };
+            cmd.arg("run").args(&args);
+            run_cmd(&mut cmd, "tokenscope run")?;
+        }
+        Task::Test { args } => {
+            setup::toolchain()?;
+            setup::test_env()?;
+            if !setup::is_root() {
+                bail!("the eBPF tests load probes: run `sudo -E cargo xtask test` (or as root)");
+            }
+            run_cmd(
+                Command::new("cargo").current_dir(&root).args([
+                    "test",
+                    "--workspace",
+                    "--lib",
+                    "--bins",
+                    "--tests",
+                ]).args(&args),
+                "cargo test",
+            )?;
+        }
+        Task::Bench { args } => {
+            setup::toolchain()?;
+            setup::test_env()?;
+            run_cmd(
+                Command::new("cargo")
+                    .current_dir(&root)
+                    .args(["bench", "--workspace"])
+                    .args(&args),
+                "cargo bench",
+            )?;
+        }
+        Task::Fuzz { seconds } => {
+            setup::toolchain()?;
+            setup::fuzz(&root, seconds)?;
+        }
+    }
+    Ok(())
+}

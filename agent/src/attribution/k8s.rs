@@ -1,0 +1,1 @@
+//! Kubernetes pod metadata (filled in later).

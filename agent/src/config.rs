@@ -1,0 +1,363 @@
+//! Agent configuration. Precedence, in one place: built-in defaults < TOML
+//! file (`--config`) < `TOKENSCOPE_*` environment < command-line flags.
+//! Clap resolves env vs flag; [`Config::load`] lays both over the file.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("invalid setting {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub capture: CaptureConfig,
+    pub kubernetes: KubernetesConfig,
+    pub export: ExportConfig,
+    pub gpu: GpuConfig,
+    pub pricing: PricingConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Node name attached to every record; defaults to the host name.
+    pub node_name: Option<String>,
+    pub log_level: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            node_name: None,
+            log_level: "info".to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// Plain-HTTP socket payloads (local inference servers, proxies).
+    pub sockets: bool,
+    /// TLS plaintext through OpenSSL-family uprobes.
+    pub tls: bool,
+    /// Bytes captured per connection before user space has classified it.
+    pub first_window_bytes: u64,
+    /// Most bytes captured from one socket or SSL call.
+    pub call_cap_bytes: u32,
+    pub max_connections: usize,
+    /// Process names whose traffic is never parsed.
+    pub exclude_comms: Vec<String>,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            sockets: true,
+            tls: true,
+            first_window_bytes: 64 * 1024,
+            call_cap_bytes: 128 * 1024,
+            max_connections: 4096,
+            exclude_comms: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubernetesConfig {
+    pub enabled: bool,
+    /// Pod label naming the owning team; the namespace's label of the same name is the fallback.
+    pub team_label: String,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            enabled: false,
+            team_label: "team".to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpProtocol {
+    Grpc,
+    Http,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportConfig {
+    /// Address of the HTTP server (/metrics, /healthz, /readyz, /api/v1/*).
+    pub listen: SocketAddr,
+    /// OTLP collector endpoint; none disables OTLP.
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: OtlpProtocol,
+    pub otlp_interval_s: u64,
+    /// JSON Lines file of every call; none disables it.
+    pub events_path: Option<PathBuf>,
+    pub events_max_bytes: u64,
+    pub events_keep: usize,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        ExportConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            otlp_endpoint: None,
+            otlp_protocol: OtlpProtocol::Grpc,
+            otlp_interval_s: 10,
+            events_path: None,
+            events_max_bytes: 100 * 1024 * 1024,
+            events_keep: 5,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuSourceKind {
+    None,
+    Nvml,
+    Replay,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GpuConfig {
+    pub source: GpuSourceKind,
+    pub replay_path: Option<PathBuf>,
+    pub usd_per_gpu_hour: f64,
+    pub interval_ms: u64,
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        GpuConfig {
+            source: GpuSourceKind::None,
+            replay_path: None,
+            usd_per_gpu_hour: 0.0,
+            interval_ms: 1000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PricingConfig {
+    /// Extra price catalogues (TOML, or LiteLLM JSON), later ones win.
+    pub catalogues: Vec<PathBuf>,
+}
+
+/// Settings that env and flags may override (clap fills env and flags).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct Overrides {
+    /// TOML config file.
+    #[arg(long, env = "TOKENSCOPE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "TOKENSCOPE_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// error, warn, info, debug or trace.
+    #[arg(long, env = "TOKENSCOPE_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    #[arg(long, env = "TOKENSCOPE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    #[arg(long, env = "TOKENSCOPE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    #[arg(long, env = "TOKENSCOPE_OTLP_PROTOCOL")]
+    pub otlp_protocol: Option<OtlpProtocol>,
+    #[arg(long, env = "TOKENSCOPE_OTLP_INTERVAL_S")]
+    pub otlp_interval_s: Option<u64>,
+    /// Write every call as a JSON line to this file.
+    #[arg(long, env = "TOKENSCOPE_EVENTS")]
+    pub events: Option<PathBuf>,
+    #[arg(long, env = "TOKENSCOPE_KUBERNETES")]
+    pub kubernetes: Option<bool>,
+    #[arg(long, env = "TOKENSCOPE_GPU")]
+    pub gpu: Option<GpuSourceKind>,
+    /// GPU samples to replay (JSON Lines), with `--gpu replay`.
+    #[arg(long, env = "TOKENSCOPE_GPU_REPLAY")]
+    pub gpu_replay: Option<PathBuf>,
+    #[arg(long, env = "TOKENSCOPE_USD_PER_GPU_HOUR")]
+    pub usd_per_gpu_hour: Option<f64>,
+    /// Extra price catalogue; repeat for more.
+    #[arg(long = "prices", env = "TOKENSCOPE_PRICES", value_delimiter = ',')]
+    pub prices: Vec<PathBuf>,
+    #[arg(long, env = "TOKENSCOPE_CAPTURE_SOCKETS")]
+    pub capture_sockets: Option<bool>,
+    #[arg(long, env = "TOKENSCOPE_CAPTURE_TLS")]
+    pub capture_tls: Option<bool>,
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Defaults, then the file, then env and flags; validated.
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut config = match &overrides.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn apply(&mut self, o: &Overrides) {
+        fn set<T: Clone>(slot: &mut T, value: &Option<T>) {
+            if let Some(v) = value {
+                *slot = v.clone();
+            }
+        }
+        if o.node_name.is_some() {
+            self.agent.node_name = o.node_name.clone();
+        }
+        set(&mut self.agent.log_level, &o.log_level);
+        set(&mut self.export.listen, &o.listen);
+        if o.otlp_endpoint.is_some() {
+            self.export.otlp_endpoint = o.otlp_endpoint.clone();
+        }
+        set(&mut self.export.otlp_protocol, &o.otlp_protocol);
+        set(&mut self.export.otlp_interval_s, &o.otlp_interval_s);
+        if o.events.is_some() {
+            self.export.events_path = o.events.clone();
+        }
+        set(&mut self.kubernetes.enabled, &o.kubernetes);
+        set(&mut self.gpu.source, &o.gpu);
+        if o.gpu_replay.is_some() {
+            self.gpu.replay_path = o.gpu_replay.clone();
+        }
+        set(&mut self.gpu.usd_per_gpu_hour, &o.usd_per_gpu_hour);
+        self.pricing.catalogues.extend(o.prices.iter().cloned());
+        set(&mut self.capture.sockets, &o.capture_sockets);
+        set(&mut self.capture.tls, &o.capture_tls);
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| ConfigError::Invalid {
+            key,
+            reason: reason.to_string(),
+        };
+        if !["error", "warn", "info", "debug", "trace"].contains(&self.agent.log_level.as_str()) {
+            return Err(invalid(
+                "agent.log_level",
+                "must be error, warn, info, debug or trace",
+            ));
+        }
+        if self.capture.first_window_bytes == 0 || self.capture.first_window_bytes > 1 << 24 {
+            return Err(invalid(
+                "capture.first_window_bytes",
+                "must be between 1 and 16777216",
+            ));
+        }
+        if self.capture.call_cap_bytes == 0 {
+            return Err(invalid("capture.call_cap_bytes", "must be at least 1"));
+        }
+        if self.capture.max_connections == 0 {
+            return Err(invalid("capture.max_connections", "must be at least 1"));
+        }
+        if self.export.otlp_interval_s == 0 {
+            return Err(invalid("export.otlp_interval_s", "must be at least 1"));
+        }
+        if let Some(endpoint) = &self.export.otlp_endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(invalid(
+                    "export.otlp_endpoint",
+                    "must start with http:// or https://",
+                ));
+            }
+        }
+        if self.gpu.source == GpuSourceKind::Replay && self.gpu.replay_path.is_none() {
+            return Err(invalid("gpu.replay_path", "is required with gpu.source = replay"));
+        }
+        if !(self.gpu.usd_per_gpu_hour.is_finite() && self.gpu.usd_per_gpu_hour >= 0.0) {
+            return Err(invalid("gpu.usd_per_gpu_hour", "must be a non-negative number"));
+        }
+        if self.gpu.interval_ms < 100 {
+            return Err(invalid("gpu.interval_ms", "must be at least 100"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        o: Overrides,
+    }
+
+    #[test]
+    fn file_then_flags_override_defaults() {
+        let mut config = Config::from_toml(
+            "[export]\nlisten = \"0.0.0.0:9000\"\notlp_endpoint = \"http://c:4317\"\n[gpu]\nusd_per_gpu_hour = 2.5\n",
+        )
+        .unwrap();
+        assert_eq!(config.export.listen.port(), 9000);
+        assert_eq!(config.capture, CaptureConfig::default());
+        let cli = Cli::parse_from(["t", "--listen", "127.0.0.1:9999", "--usd-per-gpu-hour", "4"]);
+        config.apply(&cli.o);
+        assert_eq!(config.export.listen.port(), 9999);
+        assert_eq!(config.gpu.usd_per_gpu_hour, 4.0);
+        assert_eq!(config.export.otlp_endpoint.as_deref(), Some("http://c:4317"));
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors_naming_the_key() {
+        let err = Config::from_toml("[export]\nlisen = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+        let mut config = Config::default();
+        config.export.otlp_endpoint = Some("collector:4317".into());
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("export.otlp_endpoint"), "{err}");
+        let config = Config {
+            gpu: GpuConfig {
+                source: GpuSourceKind::Replay,
+                ..GpuConfig::default()
+            },
+            ..Config::default()
+        };
+        assert!(config.validate().unwrap_err().to_string().contains("gpu.replay_path"));
+    }
+}

@@ -1,0 +1,357 @@
+//! `tokenscope run`: wires probes → streams → pipeline → export.
+//!
+//! One capture thread owns the ring buffer, the stream table and the process
+//! table, so the hot path takes no locks besides the probes' map writes. TLS
+//! libraries are found and probed on a thread of their own. The HTTP server
+//! and the OTLP exporter run on Tokio.
+
+use std::{
+    collections::BinaryHeap,
+    cmp::Reverse,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    attribution::ProcessTable,
+    config::{Config, OtlpProtocol},
+    events::{decode, Event},
+    export::{
+        jsonl::{JsonlOptions, JsonlWriter},
+        otlp::{OtlpExporter, OtlpOptions},
+        server, Exporters,
+    },
+    pipeline::{monotonic_ns, Enricher, WallClock},
+    pricing::Pricer,
+    probes::{tls::TlsScanner, LoadSettings, Probes},
+    streams::{Output, StreamLimits, StreamTable},
+};
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let node = config
+        .agent
+        .node_name
+        .clone()
+        .or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()));
+
+    let mut pricer = Pricer::builtin();
+    if !config.pricing.catalogues.is_empty() {
+        pricer = Pricer::from_files(&config.pricing.catalogues)
+            .context("loading price catalogues")?;
+    }
+
+    let mut builder = Exporters::builder();
+    if let Some(path) = &config.export.events_path {
+        let mut options = JsonlOptions::new(path);
+        options.max_bytes = config.export.events_max_bytes;
+        options.keep_files = config.export.events_keep;
+        let writer = JsonlWriter::start(options)
+            .with_context(|| format!("opening events file {}", path.display()))?;
+        builder = builder.sink(Arc::new(writer));
+    }
+    if let Some(endpoint) = &config.export.otlp_endpoint {
+        let protocol = match config.export.otlp_protocol {
+            OtlpProtocol::Grpc => crate::export::otlp::OtlpProtocol::Grpc,
+            OtlpProtocol::Http => crate::export::otlp::OtlpProtocol::HttpProtobuf,
+        };
+        let mut options = OtlpOptions::new(endpoint.clone(), protocol);
+        options.metrics_interval = Duration::from_secs(config.export.otlp_interval_s);
+        options.node = node.clone();
+        options.host = node.clone();
+        let exporter = OtlpExporter::start(&options).context("starting the OTLP exporter")?;
+        builder = builder.sink(Arc::new(exporter));
+    }
+    let exporters = Arc::new(builder.build());
+    let state = exporters.state();
+
+    let listener = tokio::net::TcpListener::bind(config.export.listen)
+        .await
+        .with_context(|| format!("binding {}", config.export.listen))?;
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(server::serve(listener, Arc::clone(&state), shutdown.clone()));
+    tracing::info!(event = "listening", addr = %config.export.listen);
+
+    let settings = LoadSettings {
+        first_window: config.capture.first_window_bytes,
+        call_cap: config.capture.call_cap_bytes,
+        capture_sockets: config.capture.sockets,
+        capture_tls: config.capture.tls,
+    };
+    let mut probes = Probes::load(&settings).context("loading eBPF programs")?;
+    let ring = probes.take_events()?;
+    let probes = Arc::new(Mutex::new(probes));
+    tracing::info!(event = "probes_attached");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (exec_tx, exec_rx) = mpsc::channel::<u32>();
+    let tls_thread = if config.capture.tls {
+        let probes = Arc::clone(&probes);
+        let stop = Arc::clone(&stop);
+        let ready = Arc::clone(&state);
+        Some(
+            thread::Builder::new()
+                .name("tls-attach".into())
+                .spawn(move || tls_attacher(probes, exec_rx, stop, move || ready.set_ready(true)))?,
+        )
+    } else {
+        state.set_ready(true);
+        None
+    };
+
+    let capture = {
+        let probes = Arc::clone(&probes);
+        let stop = Arc::clone(&stop);
+        let exporters = Arc::clone(&exporters);
+        let enricher = Enricher {
+            clock: WallClock::now(),
+            node,
+            pricer,
+        };
+        let limits = StreamLimits {
+            max_connections: config.capture.max_connections,
+            ..StreamLimits::default()
+        };
+        let exclude = config.capture.exclude_comms.clone();
+        let tls = config.capture.tls;
+        thread::Builder::new().name("capture".into()).spawn(move || {
+            capture_loop(CaptureLoop {
+                ring,
+                probes,
+                stop,
+                exporters,
+                enricher,
+                streams: StreamTable::new(limits),
+                procs: ProcessTable::new("/proc", 30_000_000_000, 65_536),
+                exec_tx: tls.then_some(exec_tx),
+                exclude,
+            })
+        })?
+    };
+
+    wait_for_signal().await;
+    tracing::info!(event = "stopping");
+    stop.store(true, Ordering::Relaxed);
+    let _ = capture.join();
+    if let Some(t) = tls_thread {
+        let _ = t.join();
+    }
+    drop(probes);
+    let flush = Arc::clone(&exporters);
+    let _ = tokio::task::spawn_blocking(move || flush.shutdown()).await;
+    shutdown.cancel();
+    let _ = server.await;
+    tracing::info!(event = "stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+struct CaptureLoop {
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    probes: Arc<Mutex<Probes>>,
+    stop: Arc<AtomicBool>,
+    exporters: Arc<Exporters>,
+    enricher: Enricher,
+    streams: StreamTable,
+    procs: ProcessTable,
+    exec_tx: Option<mpsc::Sender<u32>>,
+    exclude: Vec<String>,
+}
+
+fn capture_loop(mut l: CaptureLoop) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+
+    l.procs.scan_proc();
+    let mut out = Output::default();
+    let mut last_tick = Instant::now();
+    let mut decode_errors = 0u64;
+    while !l.stop.load(Ordering::Relaxed) {
+        {
+            let mut fds = [PollFd::new(l.ring.as_fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut fds, PollTimeout::from(100u16));
+        }
+        loop {
+            let decoded = match l.ring.next() {
+                Some(item) => decode(&item),
+                None => break,
+            };
+            match decoded {
+                Ok(event) => handle(&mut l, event, &mut out),
+                Err(error) => {
+                    decode_errors += 1;
+                    tracing::debug!(event = "decode_error", %error);
+                }
+            }
+            flush_output(&mut l, &mut out);
+        }
+        if last_tick.elapsed() >= Duration::from_secs(1) {
+            last_tick = Instant::now();
+            let now = monotonic_ns();
+            l.streams.sweep(now, &mut out);
+            l.procs.evict(now);
+            flush_output(&mut l, &mut out);
+            publish_counters(&l, decode_errors);
+        }
+    }
+    // Calls still open at shutdown are reported as incomplete.
+    l.streams.sweep(u64::MAX, &mut out);
+    flush_output(&mut l, &mut out);
+}
+
+fn handle(l: &mut CaptureLoop, event: Event, out: &mut Output) {
+    match event {
+        Event::Exec {
+            pid,
+            ppid,
+            cgroup_id,
+            ts_ns,
+            comm,
+            filename,
+        } => {
+            tracing::debug!(event = "exec", pid, ppid, comm = %comm, filename = %filename, cgroup_id);
+            l.procs.on_exec(pid, ppid, &comm, &filename, cgroup_id, ts_ns);
+            if let Some(tx) = &l.exec_tx {
+                let _ = tx.send(pid);
+            }
+        }
+        Event::Exit { pid, ts_ns } => {
+            l.procs.on_exit(pid, ts_ns);
+            l.streams.on_exit(pid, ts_ns, out);
+        }
+        Event::Data(data) => {
+            if l.exclude.iter().any(|c| *c == data.comm) {
+                out.verdicts.push((data.conn_id, false));
+                return;
+            }
+            l.streams.on_data(data, out);
+        }
+        Event::Close { conn_id, ts_ns } => l.streams.on_close(conn_id, ts_ns, out),
+        Event::TlsLink {
+            ssl,
+            sock,
+            endpoints,
+            ..
+        } => l.streams.on_tls_link(ssl, sock, endpoints),
+    }
+}
+
+fn flush_output(l: &mut CaptureLoop, out: &mut Output) {
+    if !out.verdicts.is_empty() || !out.forget.is_empty() {
+        if let Ok(mut probes) = l.probes.lock() {
+            for (conn_id, capture) in out.verdicts.drain(..) {
+                probes.set_verdict(conn_id, capture);
+            }
+            for conn_id in out.forget.drain(..) {
+                probes.forget(conn_id);
+            }
+        }
+    }
+    for (meta, call) in out.calls.drain(..) {
+        let record = l.enricher.enrich(&meta, call, &mut l.procs);
+        tracing::debug!(
+            event = "call",
+            pid = record.attribution.pid,
+            provider = record.call.provider.as_str(),
+            model = record.call.request_model.as_deref().unwrap_or(""),
+            status = record.call.status.unwrap_or(0),
+        );
+        l.exporters.record(&record);
+    }
+}
+
+fn publish_counters(l: &CaptureLoop, decode_errors: u64) {
+    let metrics = &l.exporters.state().metrics;
+    if let Ok(probes) = l.probes.lock() {
+        for (name, value) in probes.counters() {
+            metrics.set_agent_counter("tokenscope_capture_kernel_total", &[("counter", name)], value);
+        }
+    }
+    let s = l.streams.stats();
+    for (name, value) in [
+        ("connections", s.connections),
+        ("not_http", s.not_http),
+        ("not_llm", s.not_llm),
+        ("evicted", s.evicted),
+        ("idle_closed", s.idle_closed),
+        ("gaps", s.gaps),
+        ("gap_bytes", s.gap_bytes),
+        ("calls", s.calls),
+        ("decode_errors", decode_errors),
+    ] {
+        metrics.set_agent_counter("tokenscope_streams_total", &[("counter", name)], value);
+    }
+    metrics.set_agent_gauge("tokenscope_open_connections", &[], l.streams.len() as f64);
+    metrics.set_agent_gauge("tokenscope_tracked_processes", &[], l.procs.len() as f64);
+}
+
+/// Probes every TLS library at start, then what each new process maps, a few
+/// times shortly after its exec (libraries load after exec returns).
+fn tls_attacher(
+    probes: Arc<Mutex<Probes>>,
+    execs: mpsc::Receiver<u32>,
+    stop: Arc<AtomicBool>,
+    on_ready: impl FnOnce(),
+) {
+    let mut scanner = TlsScanner::default();
+    let attach = |paths: Vec<std::path::PathBuf>| {
+        for path in paths {
+            let Ok(mut p) = probes.lock() else { return };
+            match p.attach_ssl(&path) {
+                Ok(n) => tracing::info!(event = "tls_attached", path = %path.display(), probes = n),
+                Err(error) => tracing::warn!(event = "tls_attach_failed", path = %path.display(), %error),
+            }
+        }
+    };
+    attach(scanner.scan_host());
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) {
+                attach(scanner.scan_pid(pid));
+            }
+        }
+    }
+    on_ready();
+    const RECHECK_MS: [u64; 4] = [0, 50, 300, 1000];
+    let mut due: BinaryHeap<Reverse<(Instant, u32)>> = BinaryHeap::new();
+    while !stop.load(Ordering::Relaxed) {
+        match execs.recv_timeout(Duration::from_millis(50)) {
+            Ok(pid) => {
+                let now = Instant::now();
+                for ms in RECHECK_MS {
+                    if due.len() < 100_000 {
+                        due.push(Reverse((now + Duration::from_millis(ms), pid)));
+                    }
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        let now = Instant::now();
+        while let Some(Reverse((when, pid))) = due.peek().copied() {
+            if when > now {
+                break;
+            }
+            due.pop();
+            attach(scanner.scan_pid(pid));
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! Tokenscope: watches LLM traffic on a node with eBPF and turns it into
+//! per-pod, per-team, per-model calls, tokens, latency, cost and GPU use.
+//!
+//! Data flows one way: probes → events → streams → protocols → providers →
+//! attribution / gpu → pricing → export. `daemon` wires the stages.
+
+pub mod attribution;
+pub mod config;
+pub mod daemon;
+pub mod events;
+pub mod export;
+pub mod pipeline;
+#[allow(unsafe_code)]
+pub mod probes;
+pub mod pricing;
+pub mod protocols;
+pub mod providers;
+pub mod record;
+pub mod report;
+pub mod streams;

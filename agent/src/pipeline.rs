@@ -1,0 +1,93 @@
+//! From a decoded call to the record every exporter reads: attribution,
+//! wall-clock time and price.
+
+use crate::{
+    attribution::{attribute, ProcessTable},
+    pricing::{CallPrice, Pricer},
+    record::{CallRecord, LlmCall},
+    streams::ConnMeta,
+};
+
+/// The capture clock (CLOCK_MONOTONIC, as `bpf_ktime_get_ns`) to Unix time.
+#[derive(Clone, Copy, Debug)]
+pub struct WallClock {
+    /// Unix nanoseconds minus monotonic nanoseconds, taken at one instant.
+    offset_ns: i128,
+}
+
+impl WallClock {
+    pub fn now() -> WallClock {
+        let mono = monotonic_ns();
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        WallClock {
+            offset_ns: unix - i128::from(mono),
+        }
+    }
+
+    pub fn fixed(offset_ns: i128) -> WallClock {
+        WallClock { offset_ns }
+    }
+
+    pub fn unix_ns(&self, mono_ns: u64) -> u64 {
+        (i128::from(mono_ns) + self.offset_ns).clamp(0, i128::from(u64::MAX)) as u64
+    }
+}
+
+/// Nanoseconds of CLOCK_MONOTONIC, the clock eBPF timestamps use.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// Builds records; owns nothing that does I/O besides the process table's /proc reads.
+pub struct Enricher {
+    pub clock: WallClock,
+    pub node: Option<String>,
+    pub pricer: Pricer,
+}
+
+impl Enricher {
+    pub fn enrich(&self, meta: &ConnMeta, call: LlmCall, procs: &mut ProcessTable) -> CallRecord {
+        let info = procs.lookup(meta.pid, &meta.comm, meta.cgroup_id);
+        let attribution = attribute(info, meta.pid, &meta.comm, self.node.as_deref());
+        let cost_usd = match self.pricer.price_call(meta.side, &call) {
+            CallPrice::Priced(cost) => Some(cost.usd()),
+            CallPrice::Unpriced | CallPrice::SelfHosted => None,
+        };
+        let secs = |ns: u64| ns as f64 / 1e9;
+        CallRecord {
+            side: meta.side,
+            time_unix_nano: self.clock.unix_ns(call.start_ns),
+            duration_s: secs(call.end_ns.saturating_sub(call.start_ns)),
+            ttft_s: call
+                .first_token_ns
+                .map(|t| secs(t.saturating_sub(call.start_ns))),
+            attribution,
+            peer: meta.endpoints.map(|e| e.remote.to_string()),
+            cost_usd,
+            gpu: None,
+            call,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wall_clock_maps_monotonic_time_to_now() {
+        let clock = WallClock::now();
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let mapped = clock.unix_ns(monotonic_ns());
+        assert!(mapped.abs_diff(unix) < 1_000_000_000, "{mapped} vs {unix}");
+        assert_eq!(WallClock::fixed(-10).unix_ns(5), 0);
+    }
+}

@@ -1,0 +1,129 @@
+//! Kernel struct offsets read from the running kernel's BTF, so the programs
+//! read the right fields on any kernel build.
+
+use btf_rs::{Btf, Type};
+use tokenscope_common::Offsets;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("cannot read kernel BTF at {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: btf_rs::Error,
+    },
+    #[error("kernel BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("kernel BTF struct {strukt} has no field {field}")]
+    NoField { strukt: String, field: String },
+}
+
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+/// Reads every offset the eBPF programs need.
+pub fn kernel_offsets() -> Result<Offsets, BtfError> {
+    let btf = Btf::from_file(VMLINUX).map_err(|source| BtfError::Read {
+        path: VMLINUX.to_string(),
+        source,
+    })?;
+    let sock = |field: &str| offset_of(&btf, "sock", field);
+    let task = |field: &str| offset_of(&btf, "task_struct", field);
+    Ok(Offsets {
+        sk_family: sock("skc_family")?,
+        sk_dport: sock("skc_dport")?,
+        sk_num: sock("skc_num")?,
+        sk_daddr: sock("skc_daddr")?,
+        sk_rcv_saddr: sock("skc_rcv_saddr")?,
+        sk_v6_daddr: sock("skc_v6_daddr")?,
+        sk_v6_rcv_saddr: sock("skc_v6_rcv_saddr")?,
+        sk_type: sock("sk_type")?,
+        task_real_parent: task("real_parent")?,
+        task_tgid: task("tgid")?,
+    })
+}
+
+/// Byte offset of `field` in `struct strukt`, searching embedded structs and
+/// anonymous unions (as `sock.__sk_common.skc_family`) depth-first.
+pub fn offset_of(btf: &Btf, strukt: &str, field: &str) -> Result<u32, BtfError> {
+    let types = btf
+        .resolve_types_by_name(strukt)
+        .map_err(|_| BtfError::NoStruct(strukt.to_string()))?;
+    let st = types
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| BtfError::NoStruct(strukt.to_string()))?;
+    find_in(btf, &st.members, field, 0, 0).ok_or_else(|| BtfError::NoField {
+        strukt: strukt.to_string(),
+        field: field.to_string(),
+    })
+}
+
+fn find_in(
+    btf: &Btf,
+    members: &[btf_rs::Member],
+    field: &str,
+    base_bits: u32,
+    depth: u32,
+) -> Option<u32> {
+    if depth > 4 {
+        return None;
+    }
+    // Direct members first, so a field is found at its shallowest place.
+    for m in members {
+        if btf.resolve_name(m).ok().as_deref() == Some(field) {
+            return Some((base_bits + m.bit_offset()) / 8);
+        }
+    }
+    for m in members {
+        let Some(inner) = resolved_struct(btf, m) else {
+            continue;
+        };
+        if let Some(off) = find_in(btf, &inner.members, field, base_bits + m.bit_offset(), depth + 1)
+        {
+            return Some(off);
+        }
+    }
+    None
+}
+
+fn resolved_struct(btf: &Btf, member: &btf_rs::Member) -> Option<btf_rs::Struct> {
+    let mut ty = btf.resolve_chained_type(member).ok()?;
+    for _ in 0..8 {
+        match ty {
+            Type::Struct(s) | Type::Union(s) => return Some(s),
+            Type::Typedef(ref t) => ty = btf.resolve_chained_type(t).ok()?,
+            Type::Const(ref t) => ty = btf.resolve_chained_type(t).ok()?,
+            Type::Volatile(ref t) => ty = btf.resolve_chained_type(t).ok()?,
+            _ => return None,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_socket_and_task_offsets_from_this_kernel() {
+        let Ok(off) = kernel_offsets() else {
+            assert!(
+                std::env::var("CI").is_err(),
+                "kernel BTF must be readable under CI"
+            );
+            return;
+        };
+        // struct sock_common starts with skc_daddr, skc_rcv_saddr (an __addrpair),
+        // then the hash, then dport/num (a __portpair), then the family.
+        assert_eq!(off.sk_daddr, 0);
+        assert_eq!(off.sk_rcv_saddr, 4);
+        assert_eq!(off.sk_dport, 12);
+        assert_eq!(off.sk_num, 14);
+        assert_eq!(off.sk_family, 16);
+        assert!(off.sk_type > 16 && off.sk_v6_daddr > 16);
+        assert!(off.task_real_parent > 0 && off.task_tgid > 0);
+    }
+}

@@ -1,0 +1,199 @@
+//! Loading and attaching the eBPF programs. The only module that touches aya.
+
+mod btf;
+pub mod tls;
+
+use std::collections::HashMap as StdHashMap;
+
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint, UProbe},
+    Btf, Ebpf, EbpfLoader,
+};
+use tokenscope_common::{
+    names, ConnState, COUNTERS_MAP, COUNTER_COUNT, COUNTER_NAMES, CONN_STATE_MAP, EVENTS_MAP,
+    GLOBAL_AGENT_TGID, GLOBAL_CALL_CAP, GLOBAL_FIRST_WINDOW, GLOBAL_OFFSETS, VERDICT_CAPTURE,
+    VERDICT_MUTED,
+};
+
+pub use btf::{kernel_offsets, BtfError};
+
+/// The eBPF object built by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tokenscope"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("this agent was built without eBPF programs (TOKENSCOPE_SKIP_EBPF=1); rebuild without it")]
+    NoObject,
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error("cannot read kernel BTF for BTF tracepoints")]
+    KernelBtf(#[source] aya::BtfError),
+    #[error("loading the eBPF object failed (needs root or CAP_BPF+CAP_PERFMON+CAP_SYS_ADMIN)")]
+    Load(#[source] aya::EbpfError),
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("program {name}: {what} failed")]
+    Program {
+        name: &'static str,
+        what: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// Capture settings the kernel side needs at load.
+#[derive(Clone, Debug)]
+pub struct LoadSettings {
+    pub first_window: u64,
+    pub call_cap: u32,
+    pub capture_sockets: bool,
+    pub capture_tls: bool,
+}
+
+/// Loaded and attached programs. Dropping it detaches everything.
+pub struct Probes {
+    ebpf: Ebpf,
+    verdicts: HashMap<MapData, u64, ConnState>,
+    counters: PerCpuArray<MapData, u64>,
+    ssl_loaded: bool,
+}
+
+impl Probes {
+    pub fn load(settings: &LoadSettings) -> Result<Probes, ProbeError> {
+        if OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
+        let offsets = kernel_offsets()?;
+        let btf = Btf::from_sys_fs().map_err(ProbeError::KernelBtf)?;
+        let tgid = std::process::id();
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global(GLOBAL_AGENT_TGID, &tgid, true)
+            .override_global(GLOBAL_FIRST_WINDOW, &settings.first_window, true)
+            .override_global(GLOBAL_CALL_CAP, &settings.call_cap, true)
+            .override_global(GLOBAL_OFFSETS, &offsets, true)
+            .load(OBJECT)
+            .map_err(ProbeError::Load)?;
+
+        for name in [names::EXEC, names::EXIT] {
+            let prog: &mut TracePoint = program(&mut ebpf, name)?;
+            prog.load().map_err(|source| prog_err(name, "load", source))?;
+            prog.attach("sched", name)
+                .map_err(|source| prog_err(name, "attach", source))?;
+        }
+        if settings.capture_sockets || settings.capture_tls {
+            // The TLS link (SSL object -> socket) is made in the socket programs.
+            for name in [names::SOCK_SEND, names::SOCK_RECV, names::SOCK_STATE] {
+                let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
+                prog.load(name, &btf)
+                    .map_err(|source| prog_err(name, "load", source))?;
+                prog.attach().map_err(|source| prog_err(name, "attach", source))?;
+            }
+        }
+        let verdicts = take_map(&mut ebpf, CONN_STATE_MAP, "CONN_STATE")?;
+        let counters = take_map(&mut ebpf, COUNTERS_MAP, "COUNTERS")?;
+        Ok(Probes {
+            ebpf,
+            verdicts,
+            counters,
+            ssl_loaded: false,
+        })
+    }
+
+    /// The ring buffer all events arrive on; call once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        take_map(&mut self.ebpf, EVENTS_MAP, "EVENTS")
+    }
+
+    /// Records user space's verdict on a connection (socket or SSL object).
+    pub fn set_verdict(&mut self, conn_id: u64, capture: bool) {
+        let state = ConnState {
+            window_used: 0,
+            verdict: if capture { VERDICT_CAPTURE } else { VERDICT_MUTED },
+            _pad: [0; 7],
+        };
+        // A failed update only costs captured bytes; the connection is still parsed.
+        let _ = self.verdicts.insert(conn_id, state, 0);
+    }
+
+    /// Forgets a connection's verdict (the id may be reused).
+    pub fn forget(&mut self, conn_id: u64) {
+        let _ = self.verdicts.remove(&conn_id);
+    }
+
+    /// Kernel-side counters summed over CPUs, by name.
+    pub fn counters(&self) -> StdHashMap<&'static str, u64> {
+        let mut out = StdHashMap::new();
+        for index in 0..COUNTER_COUNT {
+            let total = self
+                .counters
+                .get(&index, 0)
+                .map(|values| values.iter().sum())
+                .unwrap_or(0);
+            out.insert(COUNTER_NAMES[index as usize], total);
+        }
+        out
+    }
+
+    /// Attaches the OpenSSL probes to one library or executable.
+    pub fn attach_ssl(&mut self, target: &std::path::Path) -> Result<usize, ProbeError> {
+        if !self.ssl_loaded {
+            for (name, _, _) in tls::SSL_PROBES {
+                let prog: &mut UProbe = program(&mut self.ebpf, name)?;
+                prog.load().map_err(|source| prog_err(name, "load", source))?;
+            }
+            self.ssl_loaded = true;
+        }
+        let mut attached = 0;
+        for (name, symbol, _) in tls::SSL_PROBES {
+            let prog: &mut UProbe = program(&mut self.ebpf, name)?;
+            match prog.attach(symbol, target, aya::programs::uprobe::UProbeScope::AllProcesses) {
+                Ok(_) => attached += 1,
+                // Libraries without the `_ex` pair (older OpenSSL, BoringSSL) are normal.
+                Err(source) => tracing::debug!(
+                    target_path = %target.display(),
+                    symbol,
+                    error = %source,
+                    "uprobe not attached"
+                ),
+            }
+        }
+        Ok(attached)
+    }
+}
+
+fn prog_err(
+    name: &'static str,
+    what: &'static str,
+    source: aya::programs::ProgramError,
+) -> ProbeError {
+    ProbeError::Program { name, what, source }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, ProbeError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(ProbeError::MissingProgram(name))?;
+    prog.try_into()
+        .map_err(|source| prog_err(name, "type check", source))
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str, label: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(label))?;
+    T::try_from(map).map_err(|source| ProbeError::Map { name: label, source })
+}

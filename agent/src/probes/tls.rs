@@ -1,0 +1,147 @@
+//! Finding the TLS libraries to probe: every mapped `libssl.so*`, and
+//! executables that carry OpenSSL themselves and export `SSL_write` (Node).
+
+use std::{
+    collections::HashSet,
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use object::{Object, ObjectSymbol};
+use tokenscope_common::names;
+
+/// (program, symbol) pairs attached to every OpenSSL-family target.
+pub const SSL_PROBES: [(&str, &str, bool); 8] = [
+    (names::SSL_WRITE, "SSL_write", false),
+    (names::SSL_WRITE_RET, "SSL_write", true),
+    (names::SSL_READ, "SSL_read", false),
+    (names::SSL_READ_RET, "SSL_read", true),
+    (names::SSL_WRITE_EX, "SSL_write_ex", false),
+    (names::SSL_EX_RET_WRITE, "SSL_write_ex", true),
+    (names::SSL_READ_EX, "SSL_read_ex", false),
+    (names::SSL_EX_RET_READ, "SSL_read_ex", true),
+];
+
+/// Remembers which files were already looked at, by (device, inode), so each
+/// library is probed once however many processes map it.
+#[derive(Default)]
+pub struct TlsScanner {
+    seen: HashSet<(u64, u64)>,
+}
+
+impl TlsScanner {
+    /// New targets mapped by `pid`, as paths through `/proc/<pid>/root` so
+    /// that files inside containers resolve.
+    pub fn scan_pid(&mut self, pid: u32) -> Vec<PathBuf> {
+        let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        let mut paths: Vec<&str> = maps
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(5))
+            .filter(|p| p.starts_with('/'))
+            .collect();
+        paths.dedup();
+        for path in paths {
+            let file_name = Path::new(path)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("");
+            let is_libssl = file_name.starts_with("libssl.so");
+            let is_candidate_exe = !file_name.contains(".so");
+            if !is_libssl && !is_candidate_exe {
+                continue;
+            }
+            let full = PathBuf::from(format!("/proc/{pid}/root{path}"));
+            let Ok(meta) = fs::metadata(&full) else {
+                continue;
+            };
+            if !self.seen.insert((meta.dev(), meta.ino())) {
+                continue;
+            }
+            if is_libssl || exports_ssl_write(&full) {
+                found.push(full);
+            }
+        }
+        found
+    }
+
+    /// Libraries present on the host (or in the agent's root) whether or not
+    /// a process maps them yet, so short-lived clients are covered at start.
+    pub fn scan_host(&mut self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for dir in [
+            "/usr/lib/x86_64-linux-gnu",
+            "/lib/x86_64-linux-gnu",
+            "/usr/lib64",
+            "/usr/lib",
+            "/proc/1/root/usr/lib/x86_64-linux-gnu",
+            "/proc/1/root/usr/lib64",
+        ] {
+            let Ok(entries) = fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if !name.starts_with("libssl.so.") {
+                    continue;
+                }
+                let path = entry.path();
+                let Ok(meta) = fs::metadata(&path) else {
+                    continue;
+                };
+                if self.seen.insert((meta.dev(), meta.ino())) {
+                    found.push(path);
+                }
+            }
+        }
+        found
+    }
+}
+
+/// Whether an ELF file exports `SSL_write` in its dynamic symbols.
+pub fn exports_ssl_write(path: &Path) -> bool {
+    // Executables without OpenSSL are the common case; skip huge reads of
+    // obviously unrelated files by checking the ELF magic first.
+    let Ok(data) = fs::read(path) else {
+        return false;
+    };
+    if data.get(..4) != Some(b"\x7fELF") {
+        return false;
+    }
+    let Ok(file) = object::File::parse(&*data) else {
+        return false;
+    };
+    file.dynamic_symbols()
+        .any(|s| s.is_definition() && s.name() == Ok("SSL_write"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_system_libssl_and_not_twice() {
+        let mut scanner = TlsScanner::default();
+        let first = scanner.scan_host();
+        if first.is_empty() {
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI machines have libssl3 installed"
+            );
+            return;
+        }
+        assert!(first.iter().any(|p| p.to_string_lossy().contains("libssl.so.3")));
+        assert!(first.iter().all(|p| exports_ssl_write(p)));
+        assert!(scanner.scan_host().is_empty(), "same inode is reported once");
+    }
+
+    #[test]
+    fn a_plain_executable_does_not_export_ssl_write() {
+        assert!(!exports_ssl_write(Path::new("/bin/sh")));
+        assert!(!exports_ssl_write(Path::new("/nonexistent")));
+    }
+}

@@ -1,0 +1,426 @@
+//! Per-connection reassembly: orders each call's chunks, turns what capture
+//! lost into gaps, decides which peer is the client, and drives the protocol
+//! parser and call assembler. Pure: events in, calls and verdicts out.
+
+use std::collections::HashMap;
+
+use crate::{
+    events::{Data, Endpoints, Flow, Source},
+    protocols::{
+        event::{Direction, HttpEvent},
+        sniff, HttpParser, Limits as ParseLimits, Sniff,
+    },
+    providers::{provider_for_host, CallAssembler, Limits as AssembleLimits},
+    record::{LlmCall, Side},
+};
+
+/// Bounds of the stream table.
+#[derive(Clone, Debug)]
+pub struct StreamLimits {
+    /// Connections tracked at once; the least recently used one is dropped past it.
+    pub max_connections: usize,
+    /// A connection with no bytes for this long is closed.
+    pub idle_ns: u64,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            max_connections: 4096,
+            idle_ns: 300_000_000_000,
+        }
+    }
+}
+
+/// Counters of what the stream layer dropped or decided.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    pub connections: u64,
+    pub not_http: u64,
+    pub not_llm: u64,
+    pub evicted: u64,
+    pub idle_closed: u64,
+    pub gaps: u64,
+    pub gap_bytes: u64,
+    pub calls: u64,
+}
+
+/// What a connection is known to be.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnMeta {
+    pub conn_id: u64,
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub side: Side,
+    pub tls: bool,
+    pub endpoints: Option<Endpoints>,
+    /// Server name from the HTTP `Host` / `:authority`, when known.
+    pub authority: Option<String>,
+}
+
+/// What the table asks of the rest of the agent.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub calls: Vec<(ConnMeta, LlmCall)>,
+    /// (connection id, capture?) to write to the kernel's verdict map.
+    pub verdicts: Vec<(u64, bool)>,
+    /// Connection ids whose kernel state can be forgotten.
+    pub forget: Vec<u64>,
+}
+
+#[derive(Default)]
+struct Cursor {
+    call_len: u64,
+    pos: u64,
+    open: bool,
+}
+
+enum Phase {
+    /// Not enough bytes yet to tell.
+    Sniffing(Vec<u8>, Flow),
+    Http {
+        parser: Box<HttpParser>,
+        assembler: Box<CallAssembler>,
+        decided: bool,
+    },
+    Ignored,
+}
+
+struct Conn {
+    meta: ConnMeta,
+    phase: Phase,
+    cursors: [Cursor; 2],
+    last_ts: u64,
+    http_events: Vec<HttpEvent>,
+}
+
+pub struct StreamTable {
+    conns: HashMap<u64, Conn>,
+    /// TLS: socket → SSL objects riding on it, and each SSL object's endpoints.
+    ssl_by_sock: HashMap<u64, Vec<u64>>,
+    ssl_endpoints: HashMap<u64, Endpoints>,
+    limits: StreamLimits,
+    stats: StreamStats,
+}
+
+const SNIFF_MAX: usize = 64;
+
+impl StreamTable {
+    pub fn new(limits: StreamLimits) -> StreamTable {
+        StreamTable {
+            conns: HashMap::new(),
+            ssl_by_sock: HashMap::new(),
+            ssl_endpoints: HashMap::new(),
+            limits,
+            stats: StreamStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &StreamStats {
+        &self.stats
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    pub fn on_tls_link(&mut self, ssl: u64, sock: u64, endpoints: Option<Endpoints>) {
+        let ssls = self.ssl_by_sock.entry(sock).or_default();
+        if !ssls.contains(&ssl) && ssls.len() < 16 {
+            ssls.push(ssl);
+        }
+        if let Some(ep) = endpoints {
+            if self.ssl_endpoints.len() < self.limits.max_connections * 2 {
+                self.ssl_endpoints.insert(ssl, ep);
+            }
+            if let Some(conn) = self.conns.get_mut(&ssl) {
+                conn.meta.endpoints = Some(ep);
+            }
+        }
+    }
+
+    pub fn on_data(&mut self, data: Data, out: &mut Output) {
+        if !self.conns.contains_key(&data.conn_id) {
+            if self.conns.len() >= self.limits.max_connections {
+                self.evict_oldest(data.ts_ns, out);
+            }
+            self.stats.connections += 1;
+            let endpoints = match data.source {
+                Source::Socket => data.endpoints,
+                Source::Tls => self.ssl_endpoints.get(&data.conn_id).copied(),
+            };
+            self.conns.insert(
+                data.conn_id,
+                Conn {
+                    meta: ConnMeta {
+                        conn_id: data.conn_id,
+                        pid: data.pid,
+                        comm: data.comm.clone(),
+                        cgroup_id: data.cgroup_id,
+                        side: Side::Client,
+                        tls: data.source == Source::Tls,
+                        endpoints,
+                        authority: None,
+                    },
+                    phase: Phase::Sniffing(Vec::new(), data.flow),
+                    cursors: Default::default(),
+                    last_ts: data.ts_ns,
+                    http_events: Vec::new(),
+                },
+            );
+        }
+        let Some(conn) = self.conns.get_mut(&data.conn_id) else {
+            return;
+        };
+        conn.last_ts = data.ts_ns;
+        let flow_index = usize::from(data.flow == Flow::Ingress);
+        let cursor = &mut conn.cursors[flow_index];
+
+        // Chunks of one call arrive in order; a new call or a jump means lost bytes.
+        let mut gap_before = 0u64;
+        if data.offset == 0 {
+            if cursor.open && cursor.pos < cursor.call_len {
+                gap_before = cursor.call_len - cursor.pos;
+            }
+            *cursor = Cursor {
+                call_len: u64::from(data.call_len),
+                pos: 0,
+                open: true,
+            };
+        } else if cursor.open && u64::from(data.offset) > cursor.pos {
+            gap_before = u64::from(data.offset) - cursor.pos;
+            cursor.pos = u64::from(data.offset);
+        }
+        cursor.pos += data.payload.len() as u64;
+        let mut gap_after = 0u64;
+        if data.rest_lost {
+            gap_after = cursor.call_len.saturating_sub(cursor.pos);
+            cursor.open = false;
+        } else if cursor.pos >= cursor.call_len {
+            cursor.open = false;
+        }
+
+        if gap_before > 0 {
+            feed_gap(conn, data.flow, data.ts_ns, gap_before, &mut self.stats);
+        }
+        feed(conn, data.flow, data.ts_ns, &data.payload, &mut self.stats, out);
+        if gap_after > 0 {
+            feed_gap(conn, data.flow, data.ts_ns, gap_after, &mut self.stats);
+        }
+        drain(conn, &mut self.stats, out);
+        if matches!(conn.phase, Phase::Ignored) {
+            // Keep a tombstone so later bytes (if any slip through) are not re-sniffed.
+            conn.http_events.clear();
+        }
+    }
+
+    /// A socket closed: close it and every SSL object riding on it.
+    pub fn on_close(&mut self, conn_id: u64, ts_ns: u64, out: &mut Output) {
+        self.close_one(conn_id, ts_ns, out);
+        if let Some(ssls) = self.ssl_by_sock.remove(&conn_id) {
+            for ssl in ssls {
+                self.ssl_endpoints.remove(&ssl);
+                self.close_one(ssl, ts_ns, out);
+            }
+        }
+    }
+
+    /// A process exited: its SSL objects are gone too.
+    pub fn on_exit(&mut self, pid: u32, ts_ns: u64, out: &mut Output) {
+        let ids: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.meta.pid == pid && c.meta.tls)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.ssl_endpoints.remove(&id);
+            self.close_one(id, ts_ns, out);
+        }
+    }
+
+    /// Closes connections idle for longer than the limit.
+    pub fn sweep(&mut self, now_ns: u64, out: &mut Output) {
+        let idle = self.limits.idle_ns;
+        let ids: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now_ns.saturating_sub(c.last_ts) > idle)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.stats.idle_closed += 1;
+            self.close_one(id, now_ns, out);
+        }
+    }
+
+    fn evict_oldest(&mut self, ts_ns: u64, out: &mut Output) {
+        let oldest = self
+            .conns
+            .iter()
+            .min_by_key(|(_, c)| c.last_ts)
+            .map(|(id, _)| *id);
+        if let Some(id) = oldest {
+            self.stats.evicted += 1;
+            self.close_one(id, ts_ns, out);
+        }
+    }
+
+    fn close_one(&mut self, conn_id: u64, ts_ns: u64, out: &mut Output) {
+        let Some(mut conn) = self.conns.remove(&conn_id) else {
+            return;
+        };
+        if let Phase::Http {
+            parser, assembler, ..
+        } = &mut conn.phase
+        {
+            let mut events = std::mem::take(&mut conn.http_events);
+            parser.close(ts_ns, &mut events);
+            let mut calls = Vec::new();
+            for ev in events {
+                assembler.on_event(ev, &mut calls);
+            }
+            assembler.close(ts_ns, &mut calls);
+            for call in calls {
+                self.stats.calls += 1;
+                out.calls.push((conn.meta.clone(), call));
+            }
+        }
+        out.forget.push(conn_id);
+    }
+}
+
+fn direction(side: Side, flow: Flow) -> Direction {
+    match (side, flow) {
+        (Side::Client, Flow::Egress) | (Side::Server, Flow::Ingress) => Direction::FromClient,
+        _ => Direction::FromServer,
+    }
+}
+
+fn start_http(conn: &mut Conn, side: Side) {
+    conn.meta.side = side;
+    conn.phase = Phase::Http {
+        parser: Box::new(HttpParser::new(ParseLimits::default())),
+        assembler: Box::new(CallAssembler::new(AssembleLimits::default())),
+        decided: false,
+    };
+}
+
+fn feed(
+    conn: &mut Conn,
+    flow: Flow,
+    ts_ns: u64,
+    bytes: &[u8],
+    stats: &mut StreamStats,
+    out: &mut Output,
+) {
+    if let Phase::Sniffing(buf, first_flow) = &mut conn.phase {
+        if *first_flow != flow {
+            // The other peer spoke first with too few bytes to tell: start over from this side.
+            buf.clear();
+            *first_flow = flow;
+        }
+        // Only a handful of bytes are ever held: sniffing decides within SNIFF_MAX.
+        buf.extend_from_slice(bytes);
+        let side = match sniff(buf) {
+            Sniff::NeedMore if buf.len() < SNIFF_MAX => return,
+            Sniff::LooksHttp1Request | Sniff::LooksHttp2 => {
+                if flow == Flow::Egress {
+                    Side::Client
+                } else {
+                    Side::Server
+                }
+            }
+            Sniff::LooksHttp1Response => {
+                if flow == Flow::Egress {
+                    Side::Server
+                } else {
+                    Side::Client
+                }
+            }
+            _ => {
+                stats.not_http += 1;
+                conn.phase = Phase::Ignored;
+                out.verdicts.push((conn.meta.conn_id, false));
+                return;
+            }
+        };
+        let buffered = std::mem::take(buf);
+        start_http(conn, side);
+        if let Phase::Http { parser, .. } = &mut conn.phase {
+            parser.feed(direction(side, flow), ts_ns, &buffered, &mut conn.http_events);
+        }
+        return;
+    }
+    let side = conn.meta.side;
+    if let Phase::Http { parser, .. } = &mut conn.phase {
+        parser.feed(direction(side, flow), ts_ns, bytes, &mut conn.http_events);
+    }
+}
+
+fn feed_gap(conn: &mut Conn, flow: Flow, ts_ns: u64, lost: u64, stats: &mut StreamStats) {
+    stats.gaps += 1;
+    stats.gap_bytes += lost;
+    let side = conn.meta.side;
+    match &mut conn.phase {
+        Phase::Http { parser, .. } => {
+            parser.gap(direction(side, flow), ts_ns, lost, &mut conn.http_events)
+        }
+        Phase::Sniffing(..) => conn.phase = Phase::Ignored,
+        Phase::Ignored => {}
+    }
+}
+
+fn is_llm_path(path: &str) -> bool {
+    const MARKERS: [&str; 12] = [
+        "/chat/completions",
+        "/completions",
+        "/embeddings",
+        "/responses",
+        "/messages",
+        ":generateContent",
+        ":streamGenerateContent",
+        "/api/chat",
+        "/api/generate",
+        "/api/embed",
+        "/openai/deployments/",
+        "/generate",
+    ];
+    MARKERS.iter().any(|m| path.contains(m))
+}
+
+fn drain(conn: &mut Conn, stats: &mut StreamStats, out: &mut Output) {
+    let Phase::Http {
+        assembler, decided, ..
+    } = &mut conn.phase
+    else {
+        return;
+    };
+    let mut calls = Vec::new();
+    for ev in conn.http_events.drain(..) {
+        if let HttpEvent::Request { head, .. } = &ev {
+            if conn.meta.authority.is_none() {
+                conn.meta.authority = head.authority.clone();
+            }
+            if !*decided {
+                *decided = true;
+                let host = head.authority.as_deref().unwrap_or("");
+                let llm = is_llm_path(&head.path) || provider_for_host(host).is_some();
+                out.verdicts.push((conn.meta.conn_id, llm));
+                if !llm {
+                    stats.not_llm += 1;
+                }
+            }
+        }
+        assembler.on_event(ev, &mut calls);
+    }
+    for call in calls {
+        stats.calls += 1;
+        out.calls.push((conn.meta.clone(), call));
+    }
+}

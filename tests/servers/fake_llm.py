@@ -1,0 +1,170 @@
+"""A local LLM server for the end-to-end tests.
+
+Speaks the OpenAI Chat Completions (JSON and SSE, with and without
+stream_options.include_usage), Anthropic Messages (JSON and SSE) and Ollama
+/api/chat (NDJSON) wire formats with fixed, known token usage, over HTTP or
+HTTPS (--cert/--key). Prints "READY <port>" once listening.
+"""
+
+import argparse
+import json
+import ssl
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+WORDS = ["Tokens", " are", " counted", " by", " the", " provider", "."]
+USAGE_IN, USAGE_OUT = 21, 7
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _body(self):
+        length = int(self.headers.get("content-length", "0"))
+        raw = self.rfile.read(length) if length else b""
+        try:
+            return json.loads(raw or b"{}")
+        except ValueError:
+            return {}
+
+    def _json(self, status, obj, extra=None):
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _stream(self, content_type, chunks, delay=0.01):
+        self.send_response(200)
+        self.send_header("content-type", content_type)
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        for chunk in chunks:
+            data = chunk.encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+            time.sleep(delay)
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def do_GET(self):
+        self._json(200, {"status": "ok"})
+
+    def do_POST(self):
+        body = self._body()
+        model = body.get("model", "unknown")
+        if self.path.endswith("/chat/completions"):
+            return self.openai_chat(body, model)
+        if self.path.endswith("/messages"):
+            return self.anthropic(body, model)
+        if self.path == "/api/chat":
+            return self.ollama(body, model)
+        self._json(404, {"error": "no such route"})
+
+    def openai_chat(self, body, model):
+        if model == "rate-limited":
+            return self._json(
+                429,
+                {"error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}},
+                {"retry-after": "3"},
+            )
+        usage = {
+            "prompt_tokens": USAGE_IN,
+            "completion_tokens": USAGE_OUT,
+            "total_tokens": USAGE_IN + USAGE_OUT,
+            "prompt_tokens_details": {"cached_tokens": 4},
+        }
+        if not body.get("stream"):
+            return self._json(200, {
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": model + "-2025-01-01",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "".join(WORDS)}}],
+                "usage": usage,
+            })
+        include = (body.get("stream_options") or {}).get("include_usage")
+        events = []
+        for word in WORDS:
+            chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+                     "model": model + "-2025-01-01",
+                     "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
+            events.append("data: %s\n\n" % json.dumps(chunk))
+        last = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model + "-2025-01-01",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        events.append("data: %s\n\n" % json.dumps(last))
+        if include:
+            u = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+                 "model": model + "-2025-01-01", "choices": [], "usage": usage}
+            events.append("data: %s\n\n" % json.dumps(u))
+        events.append("data: [DONE]\n\n")
+        self._stream("text/event-stream", events)
+
+    def anthropic(self, body, model):
+        usage_start = {"input_tokens": USAGE_IN, "cache_creation_input_tokens": 0,
+                       "cache_read_input_tokens": 10, "output_tokens": 1}
+        if not body.get("stream"):
+            return self._json(200, {
+                "id": "msg_1", "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": "".join(WORDS)}],
+                "stop_reason": "end_turn", "stop_sequence": None,
+                "usage": dict(usage_start, output_tokens=USAGE_OUT),
+            })
+        events = []
+
+        def ev(name, obj):
+            events.append("event: %s\ndata: %s\n\n" % (name, json.dumps(obj)))
+
+        ev("message_start", {"type": "message_start", "message": {
+            "id": "msg_1", "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": usage_start}})
+        ev("content_block_start", {"type": "content_block_start", "index": 0,
+                                   "content_block": {"type": "text", "text": ""}})
+        for word in WORDS:
+            ev("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                       "delta": {"type": "text_delta", "text": word}})
+        ev("content_block_stop", {"type": "content_block_stop", "index": 0})
+        ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                             "usage": {"output_tokens": USAGE_OUT}})
+        ev("message_stop", {"type": "message_stop"})
+        self._stream("text/event-stream", events)
+
+    def ollama(self, body, model):
+        lines = []
+        for word in WORDS:
+            lines.append(json.dumps({"model": model, "created_at": "2025-01-01T00:00:00Z",
+                                     "message": {"role": "assistant", "content": word}, "done": False}) + "\n")
+        lines.append(json.dumps({"model": model, "created_at": "2025-01-01T00:00:00Z",
+                                 "message": {"role": "assistant", "content": ""}, "done": True,
+                                 "done_reason": "stop", "prompt_eval_count": USAGE_IN,
+                                 "eval_count": USAGE_OUT}) + "\n")
+        if body.get("stream") is False:
+            return self._json(200, json.loads(lines[-1]))
+        self._stream("application/x-ndjson", lines)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
+    args = parser.parse_args()
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    if args.cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.cert, args.key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    print("READY %d" % server.server_address[1], flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
