@@ -268,12 +268,14 @@ impl CallAssembler {
             self.ignore(stream);
             return;
         }
-        let target = detect::detect_by_path(&head);
-        if target.is_none() && head.method != "POST" {
+        // Every inference API is a POST; a GET on the same path lists or
+        // fetches stored objects.
+        if head.method != "POST" {
             self.stats.not_llm += 1;
             self.ignore(stream);
             return;
         }
+        let target = detect::detect_by_path(&head);
         let ex = Exchange {
             head,
             target,
@@ -452,9 +454,7 @@ impl Exchange {
                 if success {
                     streaming = false;
                     let ts = self.first_body_ns.unwrap_or(end_ns);
-                    if decode::body(api, &mut self.obs, body, ts).is_err()
-                        && !truncated
-                        && !aborted
+                    if decode::body(api, &mut self.obs, body, ts).is_err() && !truncated && !aborted
                     {
                         stats.bad_json += 1;
                     }

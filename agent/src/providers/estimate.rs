@@ -237,7 +237,8 @@ mod tests {
         ))
         .unwrap_or_else(|e| panic!("estimate_texts.json: {e}"));
         for holdout in [false, true] {
-            let (mean, mean4, worst) = errors(samples.texts.iter().filter(|s| s.holdout == holdout));
+            let (mean, mean4, worst) =
+                errors(samples.texts.iter().filter(|s| s.holdout == holdout));
             println!(
                 "{}: mean |error| {:.1}% (bytes/4: {:.1}%), worst {:.0}%",
                 if holdout { "holdout" } else { "tuning set" },

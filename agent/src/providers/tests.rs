@@ -416,7 +416,7 @@ fn json_response(body: &str) -> Vec<HttpEvent> {
 
 #[test]
 fn non_llm_http_produces_nothing_and_is_counted() {
-    let mut evs = request("/healthz", "GET", "localhost:8000", "");
+    let mut evs = request("/v1/chat/completions", "GET", "api.openai.com", "");
     evs.extend(json_response("{\"ok\":true}"));
     let mut post = request("/api/orders", "POST", "shop:80", "{\"id\":7,\"items\":[]}");
     for e in &mut post {
