@@ -23,7 +23,8 @@ pub struct Limits {
     pub max_request_body: usize,
     /// A non-streamed JSON response body (or an error body).
     pub max_json_response: usize,
-    /// One SSE event, NDJSON line or streamed JSON array element.
+    /// One SSE event, NDJSON line or streamed JSON array element (the
+    /// Responses API's `response.completed` repeats the whole output).
     pub max_stream_item: usize,
     /// Streamed text kept to estimate tokens when no usage is reported.
     pub max_stream_text: usize,
@@ -36,7 +37,7 @@ impl Default for Limits {
         Limits {
             max_request_body: 1 << 20,
             max_json_response: 8 << 20,
-            max_stream_item: 1 << 20,
+            max_stream_item: 4 << 20,
             max_stream_text: 256 << 10,
             max_open_streams: 256,
         }

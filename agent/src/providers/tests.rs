@@ -636,3 +636,32 @@ fn retry_after_ms_and_status_only_errors() {
     );
     assert_eq!(call.first_token_ns, None);
 }
+
+#[test]
+fn an_oversized_stream_event_is_counted_and_skipped() {
+    let f = fixture("anthropic_messages_stream");
+    let mut chunks = recorded_chunks(&f);
+    let huge = format!(
+        "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{}\"}}}}\n\n",
+        "z".repeat(5_000)
+    );
+    chunks.insert(4, huge.into_bytes());
+    let mut asm = CallAssembler::new(Limits {
+        max_stream_item: 4_096,
+        ..Limits::default()
+    });
+    let mut out = Vec::new();
+    for ev in events(&f, 0, &chunks) {
+        asm.on_event(ev, &mut out);
+    }
+    let call = out.first().unwrap_or_else(|| panic!("no call"));
+    assert_eq!(asm.stats().oversized_items, 1);
+    assert_eq!(
+        (
+            call.output_chunks,
+            call.usage.output_tokens,
+            call.error_type.as_deref()
+        ),
+        (3, Some(15), None)
+    );
+}
