@@ -449,15 +449,18 @@ impl Exchange {
 
         match std::mem::replace(&mut self.framing, Framing::Undecided) {
             Framing::Undecided => {}
-            Framing::Json(body) => {
-                let truncated = body.truncated;
-                let body = body.bytes();
+            Framing::Json(json_body) => {
+                let truncated = json_body.truncated;
+                let body = json_body.bytes();
                 if success {
                     streaming = false;
                     let ts = self.first_body_ns.unwrap_or(end_ns);
                     if decode::body(api, &mut self.obs, body, ts).is_err() && !truncated && !aborted
                     {
                         stats.bad_json += 1;
+                    }
+                    if truncated {
+                        decode::body_tail(api, &mut self.obs, json_body.tail());
                     }
                     self.obs.first_token_ns = self.first_body_ns;
                 } else if let Some(code) = status {
@@ -552,23 +555,39 @@ impl Exchange {
     }
 }
 
+/// Bytes kept from the end of a JSON body cut at its bound, where OpenAI
+/// puts `usage` and `model`.
+const JSON_TAIL: usize = 64 << 10;
+
 /// A JSON body kept whole; the common single-chunk body is not copied.
 #[derive(Debug, Default)]
 struct JsonBody {
     first: Bytes,
     rest: Vec<u8>,
     truncated: bool,
+    /// The body's last bytes past the bound (at least `JSON_TAIL` of them).
+    tail: Vec<u8>,
 }
 
 impl JsonBody {
     fn push(&mut self, data: Bytes, max: usize, stats: &mut AssembleStats) {
         let held = self.first.len() + self.rest.len();
         let room = max.saturating_sub(held);
-        if data.len() > room && !self.truncated {
-            self.truncated = true;
-            stats.truncated_bodies += 1;
+        if data.len() > room {
+            if !self.truncated {
+                self.truncated = true;
+                stats.truncated_bodies += 1;
+            }
+            self.tail
+                .extend_from_slice(data.get(room..).unwrap_or_default());
+            if self.tail.len() > 2 * JSON_TAIL {
+                self.tail.drain(..self.tail.len() - JSON_TAIL);
+            }
         }
         let data = data.slice(..room.min(data.len()));
+        if data.is_empty() {
+            return;
+        }
         if held == 0 {
             self.first = data;
         } else {
@@ -578,6 +597,12 @@ impl JsonBody {
             }
             self.rest.extend_from_slice(&data);
         }
+    }
+
+    /// The last `JSON_TAIL` bytes past the bound.
+    fn tail(&self) -> &[u8] {
+        let skip = self.tail.len().saturating_sub(JSON_TAIL);
+        self.tail.get(skip..).unwrap_or_default()
     }
 
     fn bytes(&self) -> &[u8] {

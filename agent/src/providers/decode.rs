@@ -138,6 +138,16 @@ pub(crate) fn body(api: Api, obs: &mut Observed, body: &[u8], ts_ns: u64) -> Res
     }
 }
 
+/// What can still be read from the end of a successful body cut at its bound.
+pub(crate) fn body_tail(api: Api, obs: &mut Observed, tail: &[u8]) {
+    if matches!(
+        api,
+        Api::ChatCompletions | Api::Completions | Api::Embeddings
+    ) {
+        openai::body_tail(obs, tail);
+    }
+}
+
 /// The error `type` and `code` of an error body in any provider's shape:
 /// `{"error":{"type","code","status"}}`, `{"type":"error","error":{...}}`,
 /// `{"error":"text"}` or a JSON array of those (Gemini streams).

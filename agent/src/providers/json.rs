@@ -100,6 +100,26 @@ fn skip_value(buf: &[u8], i: usize) -> Option<usize> {
     }
 }
 
+/// The value of the last `"key":` in `buf`, a piece of JSON that may start
+/// anywhere (the kept end of a cut body). `None` if absent or not decodable.
+pub(crate) fn last_member_value<T: serde::de::DeserializeOwned>(
+    buf: &[u8],
+    key: &[u8],
+) -> Option<T> {
+    let mut quoted = Vec::with_capacity(key.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(key);
+    quoted.push(b'"');
+    let at = memchr::memmem::rfind(buf, &quoted)?;
+    let mut i = skip_ws(buf, at + quoted.len());
+    if buf.get(i) != Some(&b':') {
+        return None;
+    }
+    i = skip_ws(buf, i + 1);
+    let end = skip_value(buf, i)?;
+    serde_json::from_slice(buf.get(i..end)?).ok()
+}
+
 /// A raw JSON string value decoded (escapes included); `None` if not a string.
 pub(crate) fn as_string(raw: &[u8]) -> Option<String> {
     if raw.first() != Some(&b'"') {

@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use super::decode::{set, BadJson, Observed};
+use super::json;
 use super::status::classify_stream_error;
 
 #[derive(Deserialize, Default)]
@@ -190,6 +191,17 @@ pub(crate) fn body(obs: &mut Observed, body: &[u8]) -> Result<(), BadJson> {
     apply_completion(obs, c);
     obs.terminal = true;
     Ok(())
+}
+
+/// Usage and model from the end of a body cut at its bound (a large
+/// embeddings response): OpenAI puts both after the `data` array.
+pub(crate) fn body_tail(obs: &mut Observed, tail: &[u8]) {
+    if let Some(u) = json::last_member_value::<OaUsage>(tail, b"usage") {
+        apply_usage(obs, u);
+    }
+    if let Some(model) = json::last_member_value::<String>(tail, b"model") {
+        obs.model(Some(&model));
+    }
 }
 
 #[derive(Deserialize)]

@@ -665,3 +665,48 @@ fn an_oversized_stream_event_is_counted_and_skipped() {
         (3, Some(15), None)
     );
 }
+
+#[test]
+fn usage_is_read_from_the_end_of_a_body_cut_at_its_bound() {
+    let vector = vec!["0.0123456"; 2_000].join(",");
+    let body = format!(
+        r#"{{"object":"list","data":[{{"object":"embedding","index":0,"embedding":[{vector}]}}],"model":"text-embedding-3-large","usage":{{"prompt_tokens":42,"total_tokens":42}}}}"#
+    );
+    let limits = Limits {
+        max_json_response: 1_000,
+        ..Limits::default()
+    };
+    for step in [7usize, 999, 1_000, 1_001, body.len()] {
+        let mut evs = request(
+            "/v1/embeddings",
+            "POST",
+            "api.openai.com",
+            r#"{"model":"text-embedding-3-large","input":"x"}"#,
+        );
+        let mut response = json_response("");
+        let end = response.pop();
+        response.pop();
+        evs.extend(response);
+        for piece in body.as_bytes().chunks(step) {
+            evs.push(HttpEvent::ResponseBody {
+                stream: 0,
+                data: Bytes::copy_from_slice(piece),
+                ts_ns: 5,
+            });
+        }
+        evs.extend(end);
+        let mut asm = CallAssembler::new(limits);
+        let mut out = Vec::new();
+        for ev in evs {
+            asm.on_event(ev, &mut out);
+        }
+        let call = out.first().unwrap_or_else(|| panic!("no call"));
+        assert_eq!(call.usage.input_tokens, Some(42), "step {step}");
+        assert!(!call.usage.estimated);
+        assert_eq!(
+            call.response_model.as_deref(),
+            Some("text-embedding-3-large")
+        );
+        assert_eq!((asm.stats().truncated_bodies, asm.stats().bad_json), (1, 0));
+    }
+}
