@@ -1,5 +1,11 @@
 //! Building data events: a header in per-CPU scratch, then each chunk of
 //! user memory copied behind it and sent with `bpf_ringbuf_output`.
+//!
+//! Chunks are produced inside `bpf_loop` callbacks: the verifier checks a
+//! callback once, where an unrolled or bounded loop is checked per iteration
+//! and exceeds its instruction budget.
+
+use core::ffi::c_void;
 
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -12,130 +18,195 @@ use tokenscope_common::{
 
 use crate::maps::{call_cap, count, first_window, CONN_STATE, EVENTS, SCRATCH};
 
-/// Scratch buffer holding a prepared header.
-pub struct Event {
-    buf: *mut u8,
+/// Starts an event in scratch; `tuple` fills the header's tuple in place.
+#[inline(always)]
+pub fn begin(
+    conn_id: u64,
+    dir: u8,
+    source: u8,
+    call_len: u32,
+    tuple: impl FnOnce(&mut Tuple),
+) -> bool {
+    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    let header = buf as *mut DataHeader;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    unsafe {
+        (*header).kind = EventKind::Data as u8;
+        (*header).dir = dir;
+        (*header).source = source;
+        (*header).flags = 0;
+        (*header).pid = (pid_tgid >> 32) as u32;
+        (*header).tid = pid_tgid as u32;
+        (*header).len = 0;
+        (*header).conn_id = conn_id;
+        (*header).ts_ns = bpf_ktime_get_ns();
+        (*header).cgroup_id = bpf_get_current_cgroup_id();
+        (*header).call_len = call_len;
+        (*header).offset = 0;
+        (*header).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        tuple(&mut (*header).tuple);
+    }
+    true
 }
 
-impl Event {
-    #[inline(always)]
-    pub fn begin(conn_id: u64, dir: u8, source: u8, call_len: u32, tuple: &Tuple) -> Option<Event> {
-        let buf = SCRATCH.get_ptr_mut(0)? as *mut u8;
-        let header = buf as *mut DataHeader;
-        let pid_tgid = bpf_get_current_pid_tgid();
-        unsafe {
-            (*header).kind = EventKind::Data as u8;
-            (*header).dir = dir;
-            (*header).source = source;
-            (*header).flags = 0;
-            (*header).pid = (pid_tgid >> 32) as u32;
-            (*header).tid = pid_tgid as u32;
-            (*header).len = 0;
-            (*header).conn_id = conn_id;
-            (*header).ts_ns = bpf_ktime_get_ns();
-            (*header).cgroup_id = bpf_get_current_cgroup_id();
-            (*header).call_len = call_len;
-            (*header).offset = 0;
-            (*header).comm = bpf_get_current_comm().unwrap_or([0; 16]);
-            (*header).tuple = *tuple;
-        }
-        Some(Event { buf })
+/// Sends `n` (≤ CHUNK) bytes read from user address `src` as the payload at `offset`.
+#[inline(always)]
+fn chunk(src: u64, n: u32, offset: u32, flags: u8) -> bool {
+    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    let buf = buf as *mut u8;
+    let mut n = n;
+    if n > CHUNK as u32 {
+        n = CHUNK as u32;
     }
+    let header = buf as *mut DataHeader;
+    unsafe {
+        let dst = buf.add(DATA_HEADER_SIZE);
+        if n > 0 && generated::bpf_probe_read_user(dst as *mut _, n, src as *const _) != 0 {
+            count(Counter::ReadFailed, 1);
+            return false;
+        }
+        (*header).len = n;
+        (*header).offset = offset;
+        (*header).flags = flags;
+        let size = DATA_HEADER_SIZE + n as usize;
+        let bytes = core::slice::from_raw_parts(buf as *const u8, size);
+        if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+            count(Counter::RingbufFull, 1);
+            return false;
+        }
+    }
+    true
+}
 
-    /// Sends `n` (≤ CHUNK) bytes read from user address `src` as the payload at `offset`.
-    #[inline(always)]
-    fn chunk(&self, src: u64, n: u32, offset: u32, flags: u8) -> bool {
-        let mut n = n;
-        if n > CHUNK as u32 {
-            n = CHUNK as u32;
-        }
-        let header = self.buf as *mut DataHeader;
-        unsafe {
-            let dst = self.buf.add(DATA_HEADER_SIZE);
-            if n > 0 && generated::bpf_probe_read_user(dst as *mut _, n, src as *const _) != 0 {
-                count(Counter::ReadFailed, 1);
-                return false;
-            }
-            (*header).len = n;
-            (*header).offset = offset;
-            (*header).flags = flags;
-            let size = DATA_HEADER_SIZE + n as usize;
-            let bytes = core::slice::from_raw_parts(self.buf as *const u8, size);
-            if EVENTS.output::<[u8]>(bytes, 0).is_err() {
-                count(Counter::RingbufFull, 1);
-                return false;
-            }
-        }
-        true
-    }
+/// Tells user space the rest of the call, from `offset`, was not captured.
+#[inline(always)]
+pub fn lost_from(offset: u32, flags: u8) {
+    let _ = chunk(0, 0, offset, flags);
+}
 
-    /// Tells user space the rest of the call, from `offset`, was not captured.
-    #[inline(always)]
-    pub fn lost_from(&self, offset: u32, flags: u8) {
-        let _ = self.chunk(0, 0, offset, flags);
-    }
+// The verifier checks a `bpf_loop` callback until its states converge. So the
+// callbacks keep no counter that grows by a known step: the chunk offset comes
+// from the loop index (an unknown scalar to the verifier), and in the iovec
+// walk the running offset only ever meets a branch, never a size.
+#[repr(C)]
+struct Walk {
+    src: u64,
+    iov: u64,
+    iovcnt: u64,
+    /// Running payload offset (iovec walk).
+    offset: u64,
+    limit: u64,
+    /// Offset at which a chunk failed, or u64::MAX.
+    failed_at: u64,
+}
 
-    /// Copies up to `limit` bytes from one user buffer; returns bytes sent.
-    #[inline(always)]
-    pub fn direct(&self, src: u64, limit: u32) -> u32 {
-        let mut sent: u32 = 0;
-        for _ in 0..MAX_CHUNKS {
-            if sent >= limit {
-                break;
-            }
-            let n = limit - sent;
-            let n = if n > CHUNK as u32 { CHUNK as u32 } else { n };
-            if !self.chunk(src + sent as u64, n, sent, 0) {
-                break;
-            }
-            sent += n;
-        }
-        sent
+extern "C" fn direct_step(index: u64, ctx: *mut c_void) -> i64 {
+    let walk = unsafe { &mut *(ctx as *mut Walk) };
+    let offset = index * CHUNK as u64;
+    if offset >= walk.limit {
+        return 1;
     }
+    let mut n = walk.limit - offset;
+    if n > CHUNK as u64 {
+        n = CHUNK as u64;
+    }
+    if !chunk(walk.src + offset, n as u32, offset as u32, 0) {
+        walk.failed_at = offset;
+        return 1;
+    }
+    0
+}
 
-    /// Copies up to `limit` bytes from an iovec array; returns bytes sent.
-    #[inline(always)]
-    pub fn iovec(&self, iov: u64, iovcnt: u64, limit: u32) -> u32 {
-        let mut sent: u32 = 0;
-        for i in 0..MAX_IOVECS {
-            if i as u64 >= iovcnt || sent >= limit {
-                break;
-            }
-            let entry = iov + i as u64 * 16;
-            let Ok(base) = (unsafe { bpf_probe_read_user(entry as *const u64) }) else {
-                count(Counter::ReadFailed, 1);
-                break;
-            };
-            let Ok(len) = (unsafe { bpf_probe_read_user((entry + 8) as *const u64) }) else {
-                count(Counter::ReadFailed, 1);
-                break;
-            };
-            let mut done: u64 = 0;
-            for _ in 0..MAX_CHUNKS {
-                if done >= len || sent >= limit {
-                    break;
-                }
-                let mut n = len - done;
-                if n > CHUNK as u64 {
-                    n = CHUNK as u64;
-                }
-                let room = (limit - sent) as u64;
-                if n > room {
-                    n = room;
-                }
-                if !self.chunk(base + done, n as u32, sent, 0) {
-                    return sent;
-                }
-                done += n;
-                sent += n as u32;
-            }
-            if done < len {
-                // This entry was cut: later entries would not be contiguous.
-                break;
-            }
-        }
-        sent
+extern "C" fn iovec_step(index: u64, ctx: *mut c_void) -> i64 {
+    let walk = unsafe { &mut *(ctx as *mut Walk) };
+    if index >= walk.iovcnt || walk.offset >= walk.limit {
+        return 1;
     }
+    let entry = walk.iov + index * 16;
+    let (Ok(base), Ok(len)) = (
+        unsafe { bpf_probe_read_user(entry as *const u64) },
+        unsafe { bpf_probe_read_user((entry + 8) as *const u64) },
+    ) else {
+        count(Counter::ReadFailed, 1);
+        walk.failed_at = walk.offset;
+        return 1;
+    };
+    // One chunk per entry; a longer entry is cut and the walk ends there.
+    let mut n = len;
+    if n > CHUNK as u64 {
+        n = CHUNK as u64;
+    }
+    if n > 0 && !chunk(base, n as u32, walk.offset as u32, 0) {
+        walk.failed_at = walk.offset;
+        return 1;
+    }
+    walk.offset += n;
+    if n < len {
+        return 1;
+    }
+    0
+}
+
+/// Copies up to `limit` bytes from one user buffer; returns bytes sent.
+#[inline(always)]
+pub fn direct(src: u64, limit: u32) -> u32 {
+    let mut walk = Walk {
+        src,
+        iov: 0,
+        iovcnt: 0,
+        offset: 0,
+        limit: limit as u64,
+        failed_at: u64::MAX,
+    };
+    unsafe {
+        generated::bpf_loop(
+            MAX_CHUNKS,
+            direct_step as *mut c_void,
+            &mut walk as *mut Walk as *mut c_void,
+            0,
+        );
+    }
+    let most = MAX_CHUNKS as u64 * CHUNK as u64;
+    let sent = if walk.failed_at != u64::MAX {
+        walk.failed_at
+    } else if walk.limit > most {
+        most
+    } else {
+        walk.limit
+    };
+    sent as u32
+}
+
+/// Copies from an iovec array, one chunk per entry, until `limit` is reached
+/// (the last entry may pass it by less than a chunk); returns bytes sent.
+#[inline(always)]
+pub fn iovec(iov: u64, iovcnt: u64, limit: u32) -> u32 {
+    let mut walk = Walk {
+        src: 0,
+        iov,
+        iovcnt: if iovcnt > MAX_IOVECS as u64 { MAX_IOVECS as u64 } else { iovcnt },
+        offset: 0,
+        limit: limit as u64,
+        failed_at: u64::MAX,
+    };
+    unsafe {
+        generated::bpf_loop(
+            MAX_IOVECS,
+            iovec_step as *mut c_void,
+            &mut walk as *mut Walk as *mut c_void,
+            0,
+        );
+    }
+    let sent = if walk.failed_at != u64::MAX {
+        walk.failed_at
+    } else {
+        walk.offset
+    };
+    sent as u32
 }
 
 /// Applies the connection's verdict and first window to a call of `call_len`

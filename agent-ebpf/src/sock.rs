@@ -5,7 +5,7 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_task_pt_regs,
+        bpf_probe_read_kernel, bpf_probe_read_user, generated, generated::bpf_task_pt_regs,
     },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
@@ -16,7 +16,7 @@ use tokenscope_common::{
 };
 
 use crate::{
-    emit::{admit, Event},
+    emit::{admit, begin, direct, iovec, lost_from},
     maps::{
         agent_tgid, count, offsets, CONN_STATE, EVENTS, SSL_ACTIVE,
         TLS_LINKED,
@@ -75,7 +75,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
             (*event).pid = (bpf_get_current_pid_tgid() >> 32) as u32;
             (*event).conn_id = sk;
             (*event).ts_ns = bpf_ktime_get_ns();
-            (*event).tuple = read_tuple(sk);
+            read_tuple(sk, &mut (*event).tuple);
         }
         entry.submit(0);
     } else {
@@ -89,28 +89,49 @@ fn read_kernel<T>(addr: u64) -> Option<T> {
     unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
 }
 
+/// Fills `tuple` from the socket, reading straight into place.
 #[inline(always)]
-fn read_tuple(sk: u64) -> Tuple {
+fn read_tuple(sk: u64, tuple: &mut Tuple) {
     let off = offsets();
-    let mut tuple = Tuple::default();
     let family: u16 = read_kernel(sk + off.sk_family as u64).unwrap_or(0);
     tuple.family = family;
     tuple.sport = read_kernel::<u16>(sk + off.sk_num as u64).unwrap_or(0);
     tuple.dport = u16::from_be(read_kernel::<u16>(sk + off.sk_dport as u64).unwrap_or(0));
-    if family == AF_INET {
-        let s: [u8; 4] = read_kernel(sk + off.sk_rcv_saddr as u64).unwrap_or([0; 4]);
-        let d: [u8; 4] = read_kernel(sk + off.sk_daddr as u64).unwrap_or([0; 4]);
-        tuple.saddr[10] = 0xff;
-        tuple.saddr[11] = 0xff;
-        tuple.daddr[10] = 0xff;
-        tuple.daddr[11] = 0xff;
-        tuple.saddr[12..16].copy_from_slice(&s);
-        tuple.daddr[12..16].copy_from_slice(&d);
-    } else {
-        tuple.saddr = read_kernel(sk + off.sk_v6_rcv_saddr as u64).unwrap_or([0; 16]);
-        tuple.daddr = read_kernel(sk + off.sk_v6_daddr as u64).unwrap_or([0; 16]);
+    tuple._pad = 0;
+    unsafe {
+        if family == AF_INET {
+            // IPv4-mapped IPv6: ::ffff:a.b.c.d
+            let s = tuple.saddr.as_mut_ptr() as *mut u32;
+            let d = tuple.daddr.as_mut_ptr() as *mut u32;
+            *s = 0;
+            *s.add(1) = 0;
+            *s.add(2) = 0xffff_0000u32.to_be();
+            *d = 0;
+            *d.add(1) = 0;
+            *d.add(2) = 0xffff_0000u32.to_be();
+            let _ = generated::bpf_probe_read_kernel(
+                s.add(3) as *mut _,
+                4,
+                (sk + off.sk_rcv_saddr as u64) as *const _,
+            );
+            let _ = generated::bpf_probe_read_kernel(
+                d.add(3) as *mut _,
+                4,
+                (sk + off.sk_daddr as u64) as *const _,
+            );
+        } else {
+            let _ = generated::bpf_probe_read_kernel(
+                tuple.saddr.as_mut_ptr() as *mut _,
+                16,
+                (sk + off.sk_v6_rcv_saddr as u64) as *const _,
+            );
+            let _ = generated::bpf_probe_read_kernel(
+                tuple.daddr.as_mut_ptr() as *mut _,
+                16,
+                (sk + off.sk_v6_daddr as u64) as *const _,
+            );
+        }
     }
-    tuple
 }
 
 #[inline(always)]
@@ -146,33 +167,32 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
         return;
     };
 
-    let tuple = read_tuple(sk);
-    let Some(event) = Event::begin(sk, dir, SOURCE_SOCKET, call_len, &tuple) else {
+    if !begin(sk, dir, SOURCE_SOCKET, call_len, |t| read_tuple(sk, t)) {
         return;
-    };
+    }
 
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
     let nr: u64 = read_kernel(regs + REG_ORIG_AX as u64).unwrap_or(u64::MAX);
     let arg1: u64 = read_kernel(regs + REG_SI as u64).unwrap_or(0);
     let arg2: u64 = read_kernel(regs + REG_DX as u64).unwrap_or(0);
     let sent = match nr {
-        SYS_READ | SYS_WRITE | SYS_SENDTO | SYS_RECVFROM => event.direct(arg1, limit),
-        SYS_READV | SYS_WRITEV => event.iovec(arg1, arg2, limit),
+        SYS_READ | SYS_WRITE | SYS_SENDTO | SYS_RECVFROM => direct(arg1, limit),
+        SYS_READV | SYS_WRITEV => iovec(arg1, arg2, limit),
         SYS_SENDMSG | SYS_RECVMSG => {
             // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
             let iov = unsafe { bpf_probe_read_user((arg1 + 16) as *const u64) }.unwrap_or(0);
             let iovlen = unsafe { bpf_probe_read_user((arg1 + 24) as *const u64) }.unwrap_or(0);
-            event.iovec(iov, iovlen, limit)
+            iovec(iov, iovlen, limit)
         }
         _ => {
             count(Counter::Unreadable, 1);
-            event.lost_from(0, FLAG_UNREADABLE);
+            lost_from(0, FLAG_UNREADABLE);
             return;
         }
     };
     if sent < call_len {
         count(Counter::Truncated, 1);
-        event.lost_from(sent, FLAG_TRUNCATED);
+        lost_from(sent, FLAG_TRUNCATED);
     }
 }
 
@@ -200,7 +220,7 @@ fn link_tls(ssl: u64, sk: u64) {
             (*event).ssl = ssl;
             (*event).sock = sk;
             (*event).ts_ns = bpf_ktime_get_ns();
-            (*event).tuple = read_tuple(sk);
+            read_tuple(sk, &mut (*event).tuple);
         }
         entry.submit(0);
     } else {

@@ -11,7 +11,7 @@ use tokenscope_common::{
 };
 
 use crate::{
-    emit::{admit, Event},
+    emit::{admit, begin, direct, lost_from},
     maps::{agent_tgid, count, SSL_ACTIVE},
 };
 
@@ -113,13 +113,12 @@ fn leave(ctx: &RetProbeContext, ex: bool) {
     let Some(limit) = admit(call.ssl, call_len) else {
         return;
     };
-    let Some(event) = Event::begin(call.ssl, call.dir, SOURCE_TLS, call_len, &Tuple::default())
-    else {
+    if !begin(call.ssl, call.dir, SOURCE_TLS, call_len, |t| *t = Tuple::default()) {
         return;
-    };
-    let sent = event.direct(call.buf, limit);
+    }
+    let sent = direct(call.buf, limit);
     if sent < call_len {
         count(Counter::Truncated, 1);
-        event.lost_from(sent, FLAG_TRUNCATED);
+        lost_from(sent, FLAG_TRUNCATED);
     }
 }

@@ -72,8 +72,11 @@ impl Probes {
         if OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }
+        let started = std::time::Instant::now();
         let offsets = kernel_offsets()?;
+        tracing::debug!(event = "btf_offsets", ms = started.elapsed().as_millis() as u64);
         let btf = Btf::from_sys_fs().map_err(ProbeError::KernelBtf)?;
+        tracing::debug!(event = "btf_parsed", ms = started.elapsed().as_millis() as u64);
         let tgid = std::process::id();
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
@@ -83,6 +86,7 @@ impl Probes {
             .override_global(GLOBAL_OFFSETS, &offsets, true)
             .load(OBJECT)
             .map_err(ProbeError::Load)?;
+        tracing::debug!(event = "object_loaded", ms = started.elapsed().as_millis() as u64);
 
         for name in [names::EXEC, names::EXIT] {
             let prog: &mut TracePoint = program(&mut ebpf, name)?;
@@ -97,6 +101,7 @@ impl Probes {
                 prog.load(name, &btf)
                     .map_err(|source| prog_err(name, "load", source))?;
                 prog.attach().map_err(|source| prog_err(name, "attach", source))?;
+                tracing::debug!(event = "attached", program = name, ms = started.elapsed().as_millis() as u64);
             }
         }
         let verdicts = take_map(&mut ebpf, CONN_STATE_MAP, "CONN_STATE")?;
