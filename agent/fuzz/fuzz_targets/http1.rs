@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tokenscope::protocols::http1::Http1Parser;
-use tokenscope::protocols::{Direction, HttpEvent, HttpParser, Limits, ParseStats};
+use tokenscope::protocols::{AbortReason, Direction, HttpEvent, HttpParser, Limits, ParseStats};
 
 /// Input: records of `[header][len][bytes...]`; header bit 0 is the
 /// direction, bit 1 turns the record into a capture gap of `len` bytes.
@@ -38,10 +38,24 @@ fn bounded(events: &[HttpEvent]) {
     assert!(body <= (messages + 1) * 32 * 1024);
 }
 
-/// Timestamps zeroed, adjacent body pieces merged.
+/// Timestamps zeroed, adjacent body pieces merged. Bodies of messages cut
+/// for size or bad compression are left out: how much was decoded before
+/// the cut depends on how the compressed bytes were split.
 fn normalize(events: Vec<HttpEvent>) -> Vec<HttpEvent> {
+    let cut: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            HttpEvent::Abort { stream, reason: AbortReason::TooLarge | AbortReason::Malformed, .. } => Some(*stream),
+            _ => None,
+        })
+        .collect();
     let mut out: Vec<HttpEvent> = Vec::new();
     for e in events {
+        if let HttpEvent::RequestBody { stream, .. } | HttpEvent::ResponseBody { stream, .. } = &e {
+            if cut.contains(stream) {
+                continue;
+            }
+        }
         let e = match e {
             HttpEvent::Request { stream, head, .. } => HttpEvent::Request { stream, head, ts_ns: 0 },
             HttpEvent::RequestBody { stream, data, .. } => HttpEvent::RequestBody { stream, data, ts_ns: 0 },

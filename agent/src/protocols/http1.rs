@@ -49,6 +49,9 @@ struct Side {
     /// Head bytes not yet complete, or the current chunk-size/trailer line.
     buf: Vec<u8>,
     trailer_bytes: usize,
+    /// `buf` holds a line end that may end the head: httparse runs on
+    /// every feed from then on, so where the bytes were split never matters.
+    end_seen: bool,
     state: State,
     /// After a gap: skip bytes up to the next message start.
     resync: bool,
@@ -59,6 +62,7 @@ impl Side {
         Side {
             buf: Vec::new(),
             trailer_bytes: 0,
+            end_seen: false,
             state: State::Head,
             resync: false,
         }
@@ -142,6 +146,7 @@ impl Http1Parser {
         }
         let side = self.side_mut(dir);
         side.buf.clear();
+        side.end_seen = false;
         let mut aborted = None;
         let mut resync = true;
         if let State::Body(body) = &mut side.state {
@@ -241,8 +246,8 @@ impl Http1Parser {
         let max_head = self.limits.max_header_block;
         let side = self.side_mut(dir);
         let old_len = side.buf.len();
-        side.buf.extend_from_slice(input);
         if side.resync {
+            side.buf.extend_from_slice(input);
             match find_message_start(dir, &side.buf) {
                 Some(start) => {
                     stats.bytes_skipped += start as u64;
@@ -264,13 +269,19 @@ impl Http1Parser {
             self.feed(dir, ts_ns, &rest, stats, out);
             return Step::Consumed(input.len());
         }
+        // Never copy more than a head's bound: the rest of a large write
+        // (bodies, pipelined messages) is parsed in place.
+        let room = (max_head + 4).saturating_sub(old_len);
+        side.buf
+            .extend_from_slice(input.get(..room.min(input.len())).unwrap_or_default());
         // Re-parse only once the end of a head may be present.
         let search_from = old_len.saturating_sub(3);
-        let has_end = side
-            .buf
-            .get(search_from..)
-            .is_some_and(|tail| tail.windows(2).any(|w| w == b"\n\n" || w == b"\n\r"));
-        if !has_end {
+        side.end_seen = side.end_seen
+            || side
+                .buf
+                .get(search_from..)
+                .is_some_and(|tail| tail.windows(2).any(|w| w == b"\n\n" || w == b"\n\r"));
+        if !side.end_seen {
             if side.buf.len() > max_head {
                 stats.too_large += 1;
                 return self.too_large_head(ts_ns, stats, out);
@@ -283,7 +294,10 @@ impl Http1Parser {
             Direction::FromServer => self.parse_response(&buf, ts_ns, stats, out),
         };
         match parsed {
-            Parsed::Done(n) => Step::Consumed(n.saturating_sub(old_len)),
+            Parsed::Done(n) => {
+                self.side_mut(dir).end_seen = false;
+                Step::Consumed(n.saturating_sub(old_len))
+            }
             Parsed::Partial => {
                 if buf.len() > max_head {
                     stats.too_large += 1;
@@ -552,6 +566,14 @@ impl Http1Parser {
                 };
                 side.buf
                     .extend_from_slice(input.get(..nl).unwrap_or_default());
+                let bound = if *chunk == Chunk::Trailers {
+                    max_trailers
+                } else {
+                    MAX_CHUNK_LINE
+                };
+                if side.buf.len() + side.trailer_bytes > bound {
+                    return Step::Stop;
+                }
                 let mut line = std::mem::take(&mut side.buf);
                 if line.last() == Some(&b'\r') {
                     line.pop();

@@ -74,7 +74,11 @@ impl Conn {
     }
 
     fn with_limits(preface: bool, limits: Limits) -> Self {
-        let mut c = Conn { parser: HttpParser::new(limits), out: Vec::new(), ts: 0 };
+        let mut c = Conn {
+            parser: HttpParser::new(limits),
+            out: Vec::new(),
+            ts: 0,
+        };
         if preface {
             let mut start = PREFACE.to_vec();
             start.extend(frame(SETTINGS, 0, 0, &[]));
@@ -102,12 +106,37 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 #[test]
 fn interleaved_streams_keep_their_bodies_and_a_reset_touches_one() {
     let mut c = Conn::new(true);
-    c.feed(C, &frame(HEADERS, END_HEADERS | END_STREAM, 1, &post_block()));
-    c.feed(C, &frame(HEADERS, END_HEADERS | END_STREAM, 3, &post_block()));
-    c.feed(C, &frame(HEADERS, END_HEADERS | END_STREAM, 5, &post_block()));
+    c.feed(
+        C,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 1, &post_block()),
+    );
+    c.feed(
+        C,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 3, &post_block()),
+    );
+    c.feed(
+        C,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 5, &post_block()),
+    );
     let gz = gzip(b"data: one\n\ndata: two\n\n");
-    c.feed(S, &frame(HEADERS, END_HEADERS, 1, &status_block(&[("content-encoding", "gzip")])));
-    c.feed(S, &frame(HEADERS, END_HEADERS, 3, &status_block(&[("set-cookie", "s")])));
+    c.feed(
+        S,
+        &frame(
+            HEADERS,
+            END_HEADERS,
+            1,
+            &status_block(&[("content-encoding", "gzip")]),
+        ),
+    );
+    c.feed(
+        S,
+        &frame(
+            HEADERS,
+            END_HEADERS,
+            3,
+            &status_block(&[("set-cookie", "s")]),
+        ),
+    );
     c.feed(S, &frame(HEADERS, END_HEADERS, 5, &status_block(&[])));
     let (a, b) = gz.split_at(gz.len() / 2);
     c.feed(S, &frame(DATA, 0, 1, a));
@@ -123,7 +152,10 @@ fn interleaved_streams_keep_their_bodies_and_a_reset_touches_one() {
     assert_eq!(x[&5].aborts, ["Reset"]);
     assert_eq!(x[&1].path.as_deref(), Some("/v1/chat"));
     assert_eq!(x[&1].authority.as_deref(), Some("api"));
-    assert!(x[&1].header_names.iter().all(|h| h != "authorization" && h != "set-cookie"));
+    assert!(x[&1]
+        .header_names
+        .iter()
+        .all(|h| h != "authorization" && h != "set-cookie"));
     assert!(x[&3].header_names.is_empty());
 }
 
@@ -142,15 +174,38 @@ fn padding_priority_continuation_and_interim_responses() {
     body.extend_from_slice(b"{}");
     body.extend_from_slice(&[0, 0]);
     c.feed(C, &frame(DATA, PADDED | END_STREAM, 1, &body));
-    c.feed(S, &frame(HEADERS, END_HEADERS, 1, &[0x08, 0x03, b'1', b'0', b'3']));
+    c.feed(
+        S,
+        &frame(HEADERS, END_HEADERS, 1, &[0x08, 0x03, b'1', b'0', b'3']),
+    );
     c.feed(S, &frame(HEADERS, END_HEADERS, 1, &status_block(&[])));
     c.feed(S, &frame(DATA, 0, 1, b"ok"));
-    c.feed(S, &frame(HEADERS, END_HEADERS | END_STREAM, 1, &lit("grpc-status", "0")));
+    c.feed(
+        S,
+        &frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &lit("grpc-status", "0"),
+        ),
+    );
     let events = normalize(&c.out);
-    let statuses: Vec<u16> = events.iter().filter_map(|e| match e { HttpEvent::Response { head, .. } => Some(head.status), _ => None }).collect();
+    let statuses: Vec<u16> = events
+        .iter()
+        .filter_map(|e| match e {
+            HttpEvent::Response { head, .. } => Some(head.status),
+            _ => None,
+        })
+        .collect();
     assert_eq!(statuses, [200], "103 is interim");
     let x = exchanges(&events);
-    assert_eq!((x[&1].request_body.as_slice(), x[&1].response_body.as_slice()), (&b"{}"[..], &b"ok"[..]));
+    assert_eq!(
+        (
+            x[&1].request_body.as_slice(),
+            x[&1].response_body.as_slice()
+        ),
+        (&b"{}"[..], &b"ok"[..])
+    );
     assert!(x[&1].request_end && x[&1].response_end);
     assert_eq!(c.stats(), ParseStats::default());
 }
@@ -158,10 +213,19 @@ fn padding_priority_continuation_and_interim_responses() {
 #[test]
 fn goaway_aborts_streams_past_the_last_id() {
     let mut c = Conn::new(true);
-    c.feed(C, &frame(HEADERS, END_HEADERS | END_STREAM, 1, &post_block()));
-    c.feed(C, &frame(HEADERS, END_HEADERS | END_STREAM, 3, &post_block()));
+    c.feed(
+        C,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 1, &post_block()),
+    );
+    c.feed(
+        C,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 3, &post_block()),
+    );
     c.feed(S, &frame(GOAWAY, 0, 0, &[0, 0, 0, 1, 0, 0, 0, 0]));
-    c.feed(S, &frame(HEADERS, END_HEADERS | END_STREAM, 1, &status_block(&[])));
+    c.feed(
+        S,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 1, &status_block(&[])),
+    );
     let x = exchanges(&c.out);
     assert_eq!(x[&3].aborts, ["Reset"]);
     assert!(x[&1].response_end);
@@ -173,12 +237,18 @@ fn table_size_setting_is_honoured() {
     let update = [0x3f, 0xe1, 0x3f, 0x88];
     let mut c = Conn::new(true);
     c.feed(C, &frame(SETTINGS, 0, 0, &[0, 1, 0, 0, 0x20, 0]));
-    c.feed(C, &frame(HEADERS, END_HEADERS | END_STREAM, 1, &post_block()));
+    c.feed(
+        C,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 1, &post_block()),
+    );
     c.feed(S, &frame(SETTINGS, 1, 0, &[]));
     c.feed(S, &frame(HEADERS, END_HEADERS | END_STREAM, 1, &update));
     assert!(exchanges(&c.out)[&1].response_end, "{:?}", c.out);
     let mut c = Conn::new(true);
-    c.feed(C, &frame(HEADERS, END_HEADERS | END_STREAM, 1, &post_block()));
+    c.feed(
+        C,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 1, &post_block()),
+    );
     c.feed(S, &frame(HEADERS, END_HEADERS | END_STREAM, 1, &update));
     assert_eq!(exchanges(&c.out)[&1].aborts, ["Malformed"]);
     assert_eq!(c.stats().malformed, 1);
@@ -194,7 +264,10 @@ fn mid_connection_capture_decodes_what_it_can() {
     // Response: :status unknown (index 70) -> stream dropped as a gap.
     c.feed(S, &frame(HEADERS, END_HEADERS, 7, &[0xc6]));
     // Next stream: index 62 is now the x-request-id entry we saw.
-    c.feed(C, &frame(HEADERS, END_HEADERS | END_STREAM, 9, &[0x83, 0x84, 0xbe]));
+    c.feed(
+        C,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 9, &[0x83, 0x84, 0xbe]),
+    );
     c.feed(S, &frame(HEADERS, END_HEADERS | END_STREAM, 9, &[0x88]));
     // A stream opened before the capture: its frames are ignored.
     c.feed(S, &frame(DATA, END_STREAM, 5, b"orphan"));
@@ -211,7 +284,10 @@ fn mid_connection_capture_decodes_what_it_can() {
 
 #[test]
 fn oversized_header_block_drops_one_stream_and_others_go_on() {
-    let limits = Limits { max_header_block: 1024, ..Limits::default() };
+    let limits = Limits {
+        max_header_block: 1024,
+        ..Limits::default()
+    };
     let mut c = Conn::with_limits(true, limits);
     let mut big = post_block();
     big.extend(lit_indexed("x", "y"));
@@ -220,8 +296,14 @@ fn oversized_header_block_drops_one_stream_and_others_go_on() {
     }
     c.feed(C, &frame(HEADERS, 0, 1, &big[..600]));
     c.feed(C, &frame(CONTINUATION, END_HEADERS, 1, &big[600..]));
-    c.feed(C, &frame(HEADERS, END_HEADERS | END_STREAM, 3, &post_block()));
-    c.feed(S, &frame(HEADERS, END_HEADERS | END_STREAM, 3, &status_block(&[])));
+    c.feed(
+        C,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 3, &post_block()),
+    );
+    c.feed(
+        S,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 3, &status_block(&[])),
+    );
     let x = exchanges(&c.out);
     assert!(!x.contains_key(&1), "{x:?}");
     assert!(x[&3].response_end);
@@ -237,9 +319,15 @@ fn invalid_frames_stop_the_connection() {
         frame(HEADERS, END_HEADERS | PADDED, 3, &[9, 0x88]),
     ] {
         let mut c = Conn::new(true);
-        c.feed(C, &frame(HEADERS, END_HEADERS | END_STREAM, 1, &post_block()));
+        c.feed(
+            C,
+            &frame(HEADERS, END_HEADERS | END_STREAM, 1, &post_block()),
+        );
         c.feed(C, &bad);
-        c.feed(S, &frame(HEADERS, END_HEADERS | END_STREAM, 1, &status_block(&[])));
+        c.feed(
+            S,
+            &frame(HEADERS, END_HEADERS | END_STREAM, 1, &status_block(&[])),
+        );
         let x = exchanges(&c.out);
         assert_eq!(x[&1].aborts, ["Malformed"], "{bad:?}");
         assert!(!x[&1].response_end);
@@ -250,21 +338,40 @@ fn invalid_frames_stop_the_connection() {
 #[test]
 fn gap_aborts_open_streams_and_resyncs_on_a_frame() {
     let mut c = Conn::new(true);
-    c.feed(C, &frame(HEADERS, END_HEADERS | END_STREAM, 1, &post_block()));
+    c.feed(
+        C,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 1, &post_block()),
+    );
     c.feed(S, &frame(HEADERS, END_HEADERS, 1, &status_block(&[])));
     let mut out = Vec::new();
     c.parser.gap(S, 5, 1000, &mut out);
-    assert_eq!(out, [HttpEvent::Abort { stream: 1, reason: AbortReason::Gap, ts_ns: 5 }]);
+    assert_eq!(
+        out,
+        [HttpEvent::Abort {
+            stream: 1,
+            reason: AbortReason::Gap,
+            ts_ns: 5
+        }]
+    );
     c.feed(S, b"\x00\x00\x05tail of an old frame");
-    c.feed(C, &frame(HEADERS, END_HEADERS | END_STREAM, 3, &post_block()));
-    c.feed(S, &frame(HEADERS, END_HEADERS | END_STREAM, 3, &status_block(&[])));
+    c.feed(
+        C,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 3, &post_block()),
+    );
+    c.feed(
+        S,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 3, &status_block(&[])),
+    );
     let x = exchanges(&c.out);
     assert!(x[&3].response_end, "{x:?}");
 }
 
 #[test]
 fn streams_past_the_bound_are_dropped() {
-    let limits = Limits { max_concurrent_streams: 2, ..Limits::default() };
+    let limits = Limits {
+        max_concurrent_streams: 2,
+        ..Limits::default()
+    };
     let mut c = Conn::with_limits(true, limits);
     for id in [1, 3, 5] {
         c.feed(C, &frame(HEADERS, END_HEADERS, id, &post_block()));
@@ -276,9 +383,23 @@ fn streams_past_the_bound_are_dropped() {
 #[test]
 fn bad_body_coding_aborts_one_stream() {
     let mut c = Conn::new(true);
-    c.feed(C, &frame(HEADERS, END_HEADERS | END_STREAM, 1, &post_block()));
-    c.feed(C, &frame(HEADERS, END_HEADERS | END_STREAM, 3, &post_block()));
-    c.feed(S, &frame(HEADERS, END_HEADERS, 1, &status_block(&[("content-encoding", "br")])));
+    c.feed(
+        C,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 1, &post_block()),
+    );
+    c.feed(
+        C,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 3, &post_block()),
+    );
+    c.feed(
+        S,
+        &frame(
+            HEADERS,
+            END_HEADERS,
+            1,
+            &status_block(&[("content-encoding", "br")]),
+        ),
+    );
     c.feed(S, &frame(HEADERS, END_HEADERS, 3, &status_block(&[])));
     c.feed(S, &frame(DATA, END_STREAM, 1, &[0xff; 20]));
     c.feed(S, &frame(DATA, END_STREAM, 3, b"fine"));
@@ -290,8 +411,18 @@ fn bad_body_coding_aborts_one_stream() {
 #[test]
 fn close_aborts_unfinished_streams() {
     let mut c = Conn::new(true);
-    c.feed(C, &frame(HEADERS, END_HEADERS | END_STREAM, 1, &post_block()));
+    c.feed(
+        C,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 1, &post_block()),
+    );
     let mut out = Vec::new();
     c.parser.close(9, &mut out);
-    assert_eq!(out, [HttpEvent::Abort { stream: 1, reason: AbortReason::Closed, ts_ns: 9 }]);
+    assert_eq!(
+        out,
+        [HttpEvent::Abort {
+            stream: 1,
+            reason: AbortReason::Closed,
+            ts_ns: 9
+        }]
+    );
 }
