@@ -9,8 +9,9 @@ use crate::protocols::{clean_authority, clean_path, is_credential_header, ParseS
 
 pub(super) enum RespBody {
     Decode(BodyDecoder),
-    /// The encoding may be hidden behind an unknown HPACK field.
-    Sniff,
+    /// The encoding may be hidden behind an unknown HPACK field: the first
+    /// bytes are held until there are enough to look for a magic number.
+    Sniff(Vec<u8>),
     Drop,
 }
 
@@ -20,6 +21,27 @@ pub(super) struct Stream {
     pub(super) response_done: bool,
     pub(super) request_body: Option<BodyDecoder>,
     pub(super) response_body: RespBody,
+}
+
+/// Enough bytes to see the gzip (2) or zstd (4) magic number.
+const MAGIC_LEN: usize = 4;
+
+/// Chooses the decoder of a body whose encoding header may be hidden, from
+/// the bytes held so far, and returns those bytes to decode.
+fn settle_sniff(body: &mut RespBody, limits: &crate::protocols::Limits) -> Vec<u8> {
+    let RespBody::Sniff(head) = body else {
+        return Vec::new();
+    };
+    let head = std::mem::take(head);
+    let coding = if head.starts_with(&[0x1f, 0x8b]) {
+        Some("gzip")
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Some("zstd")
+    } else {
+        None
+    };
+    *body = BodyDecoder::new(coding, limits).map_or(RespBody::Drop, RespBody::Decode);
+    head
 }
 
 impl Http2Parser {
@@ -120,7 +142,7 @@ impl Http2Parser {
             }
             stream.response_started = true;
             stream.response_body = match header(&fields.regular, "content-encoding") {
-                None if fields.unknown_names > 0 => RespBody::Sniff,
+                None if fields.unknown_names > 0 => RespBody::Sniff(Vec::new()),
                 encoding => match BodyDecoder::new(encoding, limits) {
                     Ok(d) => RespBody::Decode(d),
                     Err(_) => {
@@ -156,19 +178,16 @@ impl Http2Parser {
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
+        let mut held = Vec::new();
         let decoder = match dir {
             Direction::FromClient if !stream.request_done => stream.request_body.as_mut(),
             Direction::FromServer if stream.response_started && !stream.response_done => {
-                if let RespBody::Sniff = stream.response_body {
-                    let coding = if data.starts_with(&[0x1f, 0x8b]) {
-                        Some("gzip")
-                    } else if data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-                        Some("zstd")
-                    } else {
-                        None
-                    };
-                    stream.response_body =
-                        BodyDecoder::new(coding, limits).map_or(RespBody::Drop, RespBody::Decode);
+                if let RespBody::Sniff(head) = &mut stream.response_body {
+                    head.extend_from_slice(data);
+                    if head.len() < MAGIC_LEN {
+                        return;
+                    }
+                    held = settle_sniff(&mut stream.response_body, limits);
                 }
                 match &mut stream.response_body {
                     RespBody::Decode(d) => Some(d),
@@ -180,6 +199,7 @@ impl Http2Parser {
         let Some(decoder) = decoder else {
             return;
         };
+        let data = if held.is_empty() { data } else { &held };
         match decoder.push(data) {
             Ok(decoded) if decoded.is_empty() => {}
             Ok(data) => out.push(match dir {
@@ -237,6 +257,7 @@ impl Http2Parser {
             return;
         };
         let sid = u64::from(id);
+        let mut held = Vec::new();
         let (decoder, end) = match dir {
             Direction::FromClient => {
                 if stream.request_done {
@@ -253,6 +274,9 @@ impl Http2Parser {
                     return;
                 }
                 stream.response_done = true;
+                if let RespBody::Sniff(_) = stream.response_body {
+                    held = settle_sniff(&mut stream.response_body, &self.limits);
+                }
                 let d = match &mut stream.response_body {
                     RespBody::Decode(d) => Some(d),
                     _ => None,
@@ -261,17 +285,22 @@ impl Http2Parser {
             }
         };
         if let Some(decoder) = decoder {
-            match decoder.finish() {
-                Ok(rest) if rest.is_empty() => {}
+            let pushed = if held.is_empty() {
+                Ok(bytes::Bytes::new())
+            } else {
+                decoder.push(&held)
+            };
+            match pushed.and_then(|first| decoder.finish().map(|rest| [first, rest].concat())) {
+                Ok(data) if data.is_empty() => {}
                 Ok(data) => out.push(match dir {
                     Direction::FromClient => HttpEvent::RequestBody {
                         stream: sid,
-                        data,
+                        data: data.into(),
                         ts_ns,
                     },
                     Direction::FromServer => HttpEvent::ResponseBody {
                         stream: sid,
-                        data,
+                        data: data.into(),
                         ts_ns,
                     },
                 }),

@@ -133,34 +133,45 @@ impl HttpParser {
                 pending_client,
                 pending_server,
             } => {
-                let pending = match dir {
-                    Direction::FromClient => pending_client,
-                    Direction::FromServer => pending_server,
+                let (pending, other) = match dir {
+                    Direction::FromClient => (pending_client, pending_server),
+                    Direction::FromServer => (pending_server, pending_client),
                 };
                 let mut buf = std::mem::take(pending);
                 buf.extend_from_slice(data);
-                match detect::sniff(&buf) {
+                let sniffed = detect::sniff(&buf);
+                let other = match sniffed {
                     Sniff::NeedMore => {
                         *pending = buf;
+                        return;
                     }
                     Sniff::NotHttp => {
                         // Capture may have started mid-message: wait for a
                         // later write that starts a message.
                         self.stats.bytes_skipped += buf.len() as u64;
+                        return;
                     }
-                    Sniff::LooksHttp1Request | Sniff::LooksHttp1Response => {
-                        let mut p = Box::new(http1::Http1Parser::new(self.limits.clone()));
-                        p.feed(dir, ts_ns, &buf, &mut self.stats, out);
-                        self.inner = Inner::Http1(p);
-                    }
-                    Sniff::LooksHttp2 => {
-                        let preface =
-                            dir == Direction::FromClient && buf.starts_with(detect::PREFACE);
-                        let mut p = Box::new(http2::Http2Parser::new(self.limits.clone(), preface));
-                        p.feed(dir, ts_ns, &buf, &mut self.stats, out);
-                        self.inner = Inner::Http2(p);
-                    }
+                    _ => std::mem::take(other),
+                };
+                let other_dir = match dir {
+                    Direction::FromClient => Direction::FromServer,
+                    Direction::FromServer => Direction::FromClient,
+                };
+                let preface = dir == Direction::FromClient && buf.starts_with(detect::PREFACE);
+                self.inner = if sniffed == Sniff::LooksHttp2 {
+                    Inner::Http2(Box::new(http2::Http2Parser::new(
+                        self.limits.clone(),
+                        preface,
+                    )))
+                } else {
+                    Inner::Http1(Box::new(http1::Http1Parser::new(self.limits.clone())))
+                };
+                // The other side's first bytes, held while too short to
+                // tell, came earlier: they go in first.
+                if !other.is_empty() {
+                    self.feed(other_dir, ts_ns, &other, out);
                 }
+                self.feed(dir, ts_ns, &buf, out);
             }
         }
     }

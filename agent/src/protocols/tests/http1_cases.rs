@@ -328,3 +328,21 @@ fn a_bad_byte_after_a_false_head_end_is_seen_however_it_is_split() {
     assert_eq!(normalize(&one), normalize(&two));
     assert_eq!((one_stats.malformed, two_stats.malformed), (1, 1));
 }
+
+#[test]
+fn a_short_first_write_is_kept_until_the_protocol_is_known() {
+    let (events, stats) = parse(
+        &[
+            (S, b"HTT"),
+            (C, b"GET / HTTP/1.1\r\n\r\n"),
+            (S, b"P/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        ],
+        false,
+    );
+    let x = exchanges(&events);
+    assert_eq!(
+        (x[&0].status, x[&0].response_body.as_slice()),
+        (Some(200), &b"ok"[..])
+    );
+    assert_eq!(stats, ParseStats::default());
+}

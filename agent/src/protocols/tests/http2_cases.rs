@@ -426,3 +426,25 @@ fn close_aborts_unfinished_streams() {
         }]
     );
 }
+
+#[test]
+fn hidden_content_encoding_is_told_by_magic_bytes_however_split() {
+    let gz = gzip(b"{\"usage\":{}}");
+    for first in [1, 3, gz.len()] {
+        let mut c = Conn::new(false);
+        c.feed(
+            C,
+            &frame(HEADERS, END_HEADERS | END_STREAM, 1, &[0x83, 0x84]),
+        );
+        // Index 62 is unknown: it may be `content-encoding: gzip`.
+        c.feed(S, &frame(HEADERS, END_HEADERS, 1, &[0x88, 0xbe]));
+        c.feed(S, &frame(DATA, 0, 1, &gz[..first]));
+        c.feed(S, &frame(DATA, END_STREAM, 1, &gz[first..]));
+        let x = exchanges(&c.out);
+        assert_eq!(
+            x[&1].response_body, b"{\"usage\":{}}",
+            "first piece {first}"
+        );
+        assert!(x[&1].response_end);
+    }
+}
