@@ -413,6 +413,24 @@ mod tests {
     }
 
     #[test]
+    fn shutdown_writes_out_queued_lines_and_later_records_are_counted_drops() {
+        let dir = temp_dir("shutdown");
+        let path = dir.join("events.jsonl");
+        let writer = JsonlWriter::start(JsonlOptions::new(&path)).expect("start writer");
+        let records = test_records();
+        for record in &records {
+            writer.export(record);
+        }
+        writer.shutdown().expect("shutdown");
+        let text = fs::read_to_string(&path).expect("read log");
+        assert_eq!(text.lines().count(), records.len());
+        writer.export(&records[0]);
+        assert_eq!(writer.stats().dropped.load(Ordering::Relaxed), 1);
+        assert!(matches!(writer.flush(), Err(ExportError::Stopped)));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn unwritable_path_is_an_error_not_a_panic() {
         let dir = temp_dir("bad");
         fs::create_dir_all(&dir).expect("mkdir");

@@ -69,6 +69,7 @@ impl SelfCounter {
 ///   that cannot keep up drops the record and counts it in `self_counters`.
 /// - `flush` and `shutdown` may block (up to the sink's own timeout); call them
 ///   from a blocking context (`spawn_blocking`), never on an async worker.
+///   `shutdown` writes out what the sink holds, as `flush` would, then stops it.
 ///   After `shutdown`, `export` is a counted drop and `flush` is `Err(Stopped)`.
 /// - `self_counters` values are cumulative and never go down.
 pub trait Exporter: Send + Sync {
@@ -301,11 +302,11 @@ impl Exporters {
         first
     }
 
-    /// Flushes and stops every sink; blocking. Returns the first error.
+    /// Stops every sink, each writing out what it holds; blocking. Returns the first error.
     pub fn shutdown(&self) -> Result<(), ExportError> {
         let mut first = Ok(());
         for sink in &self.state.sinks {
-            if let Err(error) = sink.flush().and_then(|()| sink.shutdown()) {
+            if let Err(error) = sink.shutdown() {
                 tracing::warn!(event = "export_shutdown_failed", sink = sink.name(), %error);
                 if first.is_ok() {
                     first = Err(error);

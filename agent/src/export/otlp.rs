@@ -352,13 +352,37 @@ impl OtlpExporter {
             stats,
             stopped: AtomicBool::new(false),
             stop_spans,
-            // A retrying export can take a few timeouts; the queue drains in batches.
-            flush_timeout: options.timeout.saturating_mul(4),
+            // The export in flight retries within one timeout; then the flush marker is next.
+            flush_timeout: options.timeout.saturating_mul(2),
         })
     }
 
     pub fn stats(&self) -> &OtlpStats {
         &self.stats
+    }
+
+    /// Waits until the span task has exported everything queued before the call.
+    fn flush_spans(&self) -> Result<(), ExportError> {
+        let deadline = Instant::now() + self.flush_timeout;
+        let (ack, done) = std_mpsc::sync_channel(1);
+        // Polling rather than `blocking_send`, which panics if a caller breaks
+        // the contract and flushes from an async worker.
+        let mut message = SpanMessage::Flush(ack);
+        loop {
+            match self.spans.try_send(message) {
+                Ok(()) => break,
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(ExportError::Stopped),
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    if Instant::now() >= deadline {
+                        return Err(ExportError::FlushTimeout);
+                    }
+                    message = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        done.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .map_err(|_| ExportError::FlushTimeout)
     }
 }
 
@@ -385,36 +409,21 @@ impl Exporter for OtlpExporter {
         if self.stopped.load(Ordering::Relaxed) {
             return Err(ExportError::Stopped);
         }
-        let deadline = Instant::now() + self.flush_timeout;
-        let (ack, done) = std_mpsc::sync_channel(1);
-        // Polling rather than `blocking_send`, which panics if a caller breaks
-        // the contract and flushes from an async worker.
-        let mut message = SpanMessage::Flush(ack);
-        loop {
-            match self.spans.try_send(message) {
-                Ok(()) => break,
-                Err(mpsc::error::TrySendError::Closed(_)) => return Err(ExportError::Stopped),
-                Err(mpsc::error::TrySendError::Full(back)) => {
-                    if Instant::now() >= deadline {
-                        return Err(ExportError::FlushTimeout);
-                    }
-                    message = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
-        done.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .map_err(|_| ExportError::FlushTimeout)?;
+        self.flush_spans()?;
         self.meter_provider.force_flush().map_err(ExportError::Otlp)
     }
 
-    /// Pushes the final metric totals and stops both signals; later records are counted drops.
+    /// Exports the queued spans, pushes the final metric totals once, and
+    /// stops both signals; later records are counted drops. Bounded by about
+    /// two export timeouts.
     fn shutdown(&self) -> Result<(), ExportError> {
         if self.stopped.swap(true, Ordering::Relaxed) {
             return Err(ExportError::Stopped);
         }
+        let spans = self.flush_spans();
         self.stop_spans.cancel();
-        self.meter_provider.shutdown().map_err(ExportError::Otlp)
+        let metrics = self.meter_provider.shutdown().map_err(ExportError::Otlp);
+        spans.and(metrics)
     }
 
     fn self_counters(&self) -> Vec<SelfCounter> {

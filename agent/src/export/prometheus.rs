@@ -59,13 +59,19 @@ const CALL_COUNTERS: [CounterFamily; 8] = [
 
 /// Renders every family in the snapshot.
 pub fn render(snapshot: &MetricsSnapshot) -> String {
-    let mut out = String::with_capacity(256 + snapshot.series.len() * 2048);
+    let mut out = String::with_capacity(256 + snapshot.series.len() * 4096);
+    // Each series' labels are escaped once and reused on all of its lines.
+    let series: Vec<(String, &SeriesData)> = snapshot
+        .series
+        .iter()
+        .map(|(labels, data)| (label_body(labels), data))
+        .collect();
 
     for (name, help, value) in CALL_COUNTERS {
         header(&mut out, name, help, "counter");
-        for (labels, data) in &snapshot.series {
+        for (labels, data) in &series {
             if let Some(v) = value(data) {
-                sample(&mut out, name, labels, &[], v);
+                sample(&mut out, name, labels, None, v);
             }
         }
     }
@@ -77,9 +83,9 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         "Tokens reported by the provider, by type.",
         "counter",
     );
-    for (labels, data) in &snapshot.series {
+    for (labels, data) in &series {
         for (kind, count) in TOKEN_TYPES.iter().zip(data.tokens) {
-            sample(&mut out, tokens, labels, &[("type", kind)], count as f64);
+            sample(&mut out, tokens, labels, Some(("type", kind)), count as f64);
         }
     }
 
@@ -90,7 +96,7 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         "Call duration from first request byte to last response byte.",
         "histogram",
     );
-    for (labels, data) in &snapshot.series {
+    for (labels, data) in &series {
         histogram(&mut out, duration, labels, &data.duration);
     }
 
@@ -101,7 +107,7 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         "Time from request start to the first content-bearing response bytes.",
         "histogram",
     );
-    for (labels, data) in &snapshot.series {
+    for (labels, data) in &series {
         if data.ttft.count > 0 {
             histogram(&mut out, ttft, labels, &data.ttft);
         }
@@ -167,7 +173,7 @@ fn header(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-fn histogram(out: &mut String, name: &str, labels: &LabelSet, hist: &Histogram) {
+fn histogram(out: &mut String, name: &str, labels: &str, hist: &Histogram) {
     let bucket = format!("{name}_bucket");
     let mut cumulative = 0u64;
     for (i, count) in hist.counts.iter().enumerate() {
@@ -176,55 +182,83 @@ fn histogram(out: &mut String, name: &str, labels: &LabelSet, hist: &Histogram) 
             .bounds
             .get(i)
             .map_or_else(|| "+Inf".to_owned(), |b| number(*b));
-        sample(out, &bucket, labels, &[("le", &le)], cumulative as f64);
+        sample(out, &bucket, labels, Some(("le", &le)), cumulative as f64);
     }
-    sample(out, &format!("{name}_sum"), labels, &[], hist.sum);
+    sample(out, &format!("{name}_sum"), labels, None, hist.sum);
     sample(
         out,
         &format!("{name}_count"),
         labels,
-        &[],
+        None,
         hist.count as f64,
     );
 }
 
-fn sample(out: &mut String, name: &str, labels: &LabelSet, extra: &[(&str, &str)], value: f64) {
+/// `k="v",...` for the non-empty labels of a series (an empty value is the same as no label).
+fn label_body(labels: &LabelSet) -> String {
+    let mut body = String::with_capacity(256);
+    for (key, value) in labels.pairs() {
+        if value.is_empty() {
+            continue;
+        }
+        if !body.is_empty() {
+            body.push(',');
+        }
+        label(&mut body, key, value);
+    }
+    body
+}
+
+fn sample(out: &mut String, name: &str, labels: &str, extra: Option<(&str, &str)>, value: f64) {
     out.push_str(name);
     out.push('{');
-    let mut first = true;
-    for (k, v) in labels.pairs().into_iter().chain(extra.iter().copied()) {
-        if !first {
+    out.push_str(labels);
+    if let Some((key, extra_value)) = extra {
+        if !labels.is_empty() {
             out.push(',');
         }
-        first = false;
-        label(out, k, v);
+        label(out, key, extra_value);
     }
-    let _ = writeln!(out, "}} {}", number(value));
+    out.push_str("} ");
+    push_number(out, value);
+    out.push('\n');
 }
 
 fn label(out: &mut String, key: &str, value: &str) {
     out.push_str(key);
     out.push_str("=\"");
-    out.push_str(&escape_label(value));
+    push_escaped(out, value);
     out.push('"');
 }
 
 /// Escapes a label value: backslash, double quote and line feed.
 pub fn escape_label(value: &str) -> String {
     let mut escaped = String::with_capacity(value.len());
+    push_escaped(&mut escaped, value);
+    escaped
+}
+
+fn push_escaped(out: &mut String, value: &str) {
     for c in value.chars() {
         match c {
-            '\\' => escaped.push_str("\\\\"),
-            '"' => escaped.push_str("\\\""),
-            '\n' => escaped.push_str("\\n"),
-            other => escaped.push(other),
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            other => out.push(other),
         }
     }
-    escaped
 }
 
 fn escape_help(help: &str) -> String {
     help.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+fn push_number(out: &mut String, value: f64) {
+    if value.is_finite() {
+        let _ = write!(out, "{value}");
+    } else {
+        out.push_str(&number(value));
+    }
 }
 
 /// A sample value in the exposition grammar (Go `ParseFloat` compatible).
