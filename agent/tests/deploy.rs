@@ -352,9 +352,14 @@ fn configmap_carries_a_toml_config_the_daemonset_mounts() {
         .find(|m| m.name == volume.name)
         .expect("config mounted");
     let args = container.args.clone().unwrap_or_default();
-    assert!(
-        args.contains(&format!("{}/config.toml", config_mount.mount_path)),
-        "args point at the mounted config"
+    assert_eq!(
+        args,
+        vec![
+            "run".to_owned(),
+            "--config".to_owned(),
+            format!("{}/config.toml", config_mount.mount_path)
+        ],
+        "`tokenscope run` with the mounted config"
     );
     // The read-only root leaves the events log only a writable volume.
     let writable = mounts
@@ -526,6 +531,7 @@ fn containerfile_uses_a_glibc_base_argument() {
     assert!(CONTAINERFILE.contains("FROM ${BASE_IMAGE}"));
     assert!(CONTAINERFILE.contains("ENTRYPOINT [\"/usr/local/bin/tokenscope\"]"));
     assert!(CONTAINERFILE.contains(&format!("EXPOSE {PORT}")));
+    assert!(CONTAINERFILE.contains("CMD [\"run\", \"--config\", \"/etc/tokenscope/config.toml\"]"));
 }
 
 /// `promtool`, or None outside CI when it is not installed.
