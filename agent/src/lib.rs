@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod events;
 pub mod export;
+pub mod gpu;
 pub mod pipeline;
 #[allow(unsafe_code)]
 pub mod probes;
