@@ -72,6 +72,16 @@ impl TlsScanner {
     /// a process maps them yet, so short-lived clients are covered at start.
     pub fn scan_host(&mut self) -> Vec<PathBuf> {
         let mut found = Vec::new();
+        // Runtimes that link OpenSSL into their own executable (Node): probing
+        // them at start covers calls made before the exec-time scan finds them.
+        for exe in ["/usr/bin/node", "/usr/local/bin/node", "/usr/bin/nodejs"] {
+            let path = Path::new(exe);
+            if let Ok(meta) = fs::metadata(path) {
+                if self.seen.insert((meta.dev(), meta.ino())) && exports_ssl_write(path) {
+                    found.push(path.to_path_buf());
+                }
+            }
+        }
         for dir in [
             "/usr/lib/x86_64-linux-gnu",
             "/lib/x86_64-linux-gnu",
@@ -135,6 +145,7 @@ mod tests {
             return;
         }
         assert!(first.iter().any(|p| p.to_string_lossy().contains("libssl.so.3")));
+        // Each target resolves to a file once, whatever path reached it.
         assert!(first.iter().all(|p| exports_ssl_write(p)));
         assert!(scanner.scan_host().is_empty(), "same inode is reported once");
     }

@@ -1,0 +1,18 @@
+"""Streams one message with the real anthropic SDK."""
+import sys
+
+import anthropic
+import httpx
+
+client = anthropic.Anthropic(
+    base_url=sys.argv[1],
+    api_key="sk-ant-test-SECRET",
+    http_client=httpx.Client(verify=False),
+)
+with client.messages.stream(
+    model="claude-sonnet-4-5",
+    max_tokens=64,
+    messages=[{"role": "user", "content": "Say hi"}],
+) as stream:
+    text = "".join(stream.text_stream)
+print(text)
