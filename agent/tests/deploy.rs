@@ -90,8 +90,12 @@ fn base_documents() -> Vec<(String, serde_yaml::Value)> {
     out
 }
 
-/// The one object of `kind`, parsed into its typed k8s-openapi struct (wrong types are errors).
-fn one<T: DeserializeOwned>(kind: &str) -> T {
+/// The one object of `kind`, parsed into its typed k8s-openapi struct.
+///
+/// k8s-openapi ignores unknown fields, so the typed object is written back and
+/// compared with the document: a misspelt or misplaced field would vanish and
+/// fail here instead of being silently dropped by the API server.
+fn one<T: DeserializeOwned + serde::Serialize>(kind: &str) -> T {
     let documents: Vec<serde_yaml::Value> = base_documents()
         .into_iter()
         .filter(|(k, _)| k == kind)
@@ -99,8 +103,23 @@ fn one<T: DeserializeOwned>(kind: &str) -> T {
         .collect();
     assert_eq!(documents.len(), 1, "exactly one {kind}");
     let document = documents.into_iter().next().unwrap_or_default();
+    assert_typed_round_trip::<T>(kind, &document);
     serde_yaml::from_value(document)
         .unwrap_or_else(|e| panic!("{kind} does not parse as the typed object: {e}"))
+}
+
+fn assert_typed_round_trip<T: DeserializeOwned + serde::Serialize>(
+    what: &str,
+    document: &serde_yaml::Value,
+) {
+    let typed: T = serde_yaml::from_value(document.clone())
+        .unwrap_or_else(|e| panic!("{what} does not parse as the typed object: {e}"));
+    let written = serde_json::to_value(&typed).expect("typed object serialises");
+    let original = serde_json::to_value(document).expect("YAML as JSON");
+    assert_eq!(
+        written, original,
+        "{what}: fields the typed object does not know"
+    );
 }
 
 fn pod_spec(daemonset: &DaemonSet) -> &PodSpec {
@@ -432,6 +451,7 @@ fn gpu_overlay_targets_gpu_nodes_with_nvml() {
     let patch: serde_yaml::Value =
         serde_yaml::from_str(GPU_DAEMONSET_PATCH).expect("daemonset patch");
     let pod = &patch["spec"]["template"]["spec"];
+    assert_typed_round_trip::<PodSpec>("gpu overlay pod spec", pod);
     let pod_spec: PodSpec =
         serde_yaml::from_value(pod.clone()).expect("patch pod spec parses as PodSpec");
     assert_eq!(pod_spec.runtime_class_name.as_deref(), Some("nvidia"));
