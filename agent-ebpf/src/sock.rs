@@ -105,10 +105,10 @@ fn read_tuple(sk: u64, tuple: &mut Tuple) {
             let d = tuple.daddr.as_mut_ptr() as *mut u32;
             *s = 0;
             *s.add(1) = 0;
-            *s.add(2) = 0xffff_0000u32.to_be();
+            *s.add(2) = 0x0000_ffffu32.to_be();
             *d = 0;
             *d.add(1) = 0;
-            *d.add(2) = 0xffff_0000u32.to_be();
+            *d.add(2) = 0x0000_ffffu32.to_be();
             let _ = generated::bpf_probe_read_kernel(
                 s.add(3) as *mut _,
                 4,

@@ -2,7 +2,10 @@
 import sys
 
 import anthropic
-import httpx
+try:
+    import httpx2 as httpx  # the SDKs' own HTTP client in their newer releases
+except ImportError:
+    import httpx
 
 client = anthropic.Anthropic(
     base_url=sys.argv[1],

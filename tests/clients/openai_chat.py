@@ -1,7 +1,10 @@
 """Calls a chat model with the real openai SDK: one plain, one streamed call."""
 import sys
 
-import httpx
+try:
+    import httpx2 as httpx  # the SDKs' own HTTP client in their newer releases
+except ImportError:
+    import httpx
 import openai
 
 base, stream = sys.argv[1], sys.argv[2] == "stream"

@@ -101,6 +101,13 @@ fn main() -> Result<()> {
             if !setup::is_root() {
                 bail!("the eBPF tests load probes: run `sudo -E cargo xtask test` (or as root)");
             }
+            // The end-to-end tests run the agent binary: build it first.
+            run_cmd(
+                Command::new("cargo")
+                    .current_dir(&root)
+                    .args(["build", "-p", "tokenscope", "--bins"]),
+                "building the agent",
+            )?;
             run_cmd(
                 Command::new("cargo").current_dir(&root).args([
                     "test",
