@@ -41,7 +41,12 @@ fn check_against_server(name: &str, json: &str) {
         .into_iter()
         .map(super::support::decode_chunk)
         .collect();
-    let (events, stats) = run(&chunks);
+    check_chunks(name, &chunks, json);
+}
+
+fn check_chunks(name: &str, chunks: &[(crate::protocols::Direction, Vec<u8>)], json: &str) {
+    let fx = fixture(json);
+    let (events, stats) = run(chunks);
     let mut got: Vec<Exchange> = exchanges(&events).into_values().collect();
     let mut expect = fx.expect;
     assert_eq!(got.len(), expect.len(), "{name}: exchanges {got:#?}");
@@ -199,4 +204,63 @@ proptest! {
         });
         prop_assert_eq!(normalize(&run(&pieces).0), want, "{}", name);
     }
+}
+
+/// Capture that starts after the preface and SETTINGS (at the first HEADERS
+/// frame) sees the HPACK tables as unknown; every entry the real peers use
+/// was still inserted in view, so everything decodes and nothing is guessed.
+#[test]
+fn capture_starting_after_the_preface_decodes_real_h2() {
+    for (name, json) in [
+        ("h2_nghttp_nghttpd_parallel", H2_NGHTTPD),
+        ("h2_nghttp_python_h2_gzip", H2_NGHTTP_PY),
+        ("h2_curl_python_h2_gzip", H2_CURL_PY),
+    ] {
+        let mut chunks = load(json);
+        let first = chunks[0].1.clone();
+        assert!(first.starts_with(crate::protocols::detect::PREFACE));
+        let mut at = crate::protocols::detect::PREFACE.len();
+        while first[at + 3] != 0x1 {
+            at += 9 + u32::from_be_bytes([0, first[at], first[at + 1], first[at + 2]]) as usize;
+        }
+        chunks[0].1 = first[at..].to_vec();
+        check_chunks(name, &chunks, json);
+    }
+}
+
+/// Capture that starts at the second request: its header block refers to
+/// table entries the first request added out of view. What is known is
+/// reported, the rest is counted, and the streams still complete.
+#[test]
+fn capture_starting_at_the_second_request_reports_what_is_known() {
+    let mut chunks = load(H2_NGHTTPD);
+    let first = chunks[0].1.clone();
+    let mut at = crate::protocols::detect::PREFACE.len();
+    let mut headers_seen = 0;
+    loop {
+        if first[at + 3] == 0x1 {
+            headers_seen += 1;
+            if headers_seen == 2 {
+                break;
+            }
+        }
+        at += 9 + u32::from_be_bytes([0, first[at], first[at + 1], first[at + 2]]) as usize;
+    }
+    chunks[0].1 = first[at..].to_vec();
+    let (events, stats) = run(&chunks);
+    let got: Vec<Exchange> = exchanges(&events).into_values().collect();
+    let paths: Vec<_> = got
+        .iter()
+        .map(|x| x.path.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(paths, ["/f1.txt", "/f2.txt"], "{got:#?}");
+    let expect = fixture(H2_NGHTTPD).expect;
+    for (x, e) in got.iter().zip(&expect[1..]) {
+        assert_eq!(x.method.as_deref(), Some("GET"));
+        assert_eq!(x.status, Some(200));
+        assert!(x.response_end && x.aborts.is_empty());
+        assert!(Some(x.response_body.as_slice()) == e.response_body.as_deref().map(str::as_bytes));
+    }
+    assert!(stats.hpack_unknown >= 1, "{stats:?}");
+    assert_eq!(stats.malformed, 0);
 }
