@@ -18,7 +18,9 @@ fn main() -> anyhow::Result<()> {
     let ebpf_dir = manifest.join("../agent-ebpf");
     let common_dir = manifest.join("../common");
     println!("cargo:rerun-if-changed={}", common_dir.display());
-    let root = ebpf_dir.to_str().ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
+    let root = ebpf_dir
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?;
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "tokenscope-ebpf",

@@ -8,8 +8,8 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-    bpf_ktime_get_ns, bpf_probe_read_user, generated,
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+    bpf_probe_read_user, generated,
 };
 use tokenscope_common::{
     ConnState, Counter, DataHeader, EventKind, Tuple, CHUNK, DATA_HEADER_SIZE, MAX_CHUNKS,
@@ -188,7 +188,11 @@ pub fn iovec(iov: u64, iovcnt: u64, limit: u32) -> u32 {
     let mut walk = Walk {
         src: 0,
         iov,
-        iovcnt: if iovcnt > MAX_IOVECS as u64 { MAX_IOVECS as u64 } else { iovcnt },
+        iovcnt: if iovcnt > MAX_IOVECS as u64 {
+            MAX_IOVECS as u64
+        } else {
+            iovcnt
+        },
         offset: 0,
         limit: limit as u64,
         failed_at: u64::MAX,

@@ -17,10 +17,7 @@ use tokenscope_common::{
 
 use crate::{
     emit::{admit, begin, direct, iovec, lost_from},
-    maps::{
-        agent_tgid, count, offsets, CONN_STATE, EVENTS, SSL_ACTIVE,
-        TLS_LINKED,
-    },
+    maps::{agent_tgid, count, offsets, CONN_STATE, EVENTS, SSL_ACTIVE, TLS_LINKED},
 };
 
 const AF_INET: u16 = 2;

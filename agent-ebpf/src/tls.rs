@@ -109,11 +109,17 @@ fn leave(ctx: &RetProbeContext, ex: bool) {
     if moved == 0 {
         return;
     }
-    let call_len = if moved > u32::MAX as u64 { u32::MAX } else { moved as u32 };
+    let call_len = if moved > u32::MAX as u64 {
+        u32::MAX
+    } else {
+        moved as u32
+    };
     let Some(limit) = admit(call.ssl, call_len) else {
         return;
     };
-    if !begin(call.ssl, call.dir, SOURCE_TLS, call_len, |t| *t = Tuple::default()) {
+    if !begin(call.ssl, call.dir, SOURCE_TLS, call_len, |t| {
+        *t = Tuple::default()
+    }) {
         return;
     }
     let sent = direct(call.buf, limit);

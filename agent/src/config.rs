@@ -152,6 +152,8 @@ pub struct GpuConfig {
     pub replay_path: Option<PathBuf>,
     pub usd_per_gpu_hour: f64,
     pub interval_ms: u64,
+    /// Self-hosted calls are held this long, then get their share of the window's GPU time.
+    pub window_s: u64,
 }
 
 impl Default for GpuConfig {
@@ -161,6 +163,7 @@ impl Default for GpuConfig {
             replay_path: None,
             usd_per_gpu_hour: 0.0,
             interval_ms: 1000,
+            window_s: 10,
         }
     }
 }
@@ -203,6 +206,11 @@ pub struct Overrides {
     pub gpu_replay: Option<PathBuf>,
     #[arg(long, env = "TOKENSCOPE_USD_PER_GPU_HOUR")]
     pub usd_per_gpu_hour: Option<f64>,
+    /// Seconds self-hosted calls wait for their GPU share.
+    #[arg(long, env = "TOKENSCOPE_GPU_WINDOW_S")]
+    pub gpu_window_s: Option<u64>,
+    #[arg(long, env = "TOKENSCOPE_GPU_INTERVAL_MS")]
+    pub gpu_interval_ms: Option<u64>,
     /// Extra price catalogue; repeat for more.
     #[arg(long = "prices", env = "TOKENSCOPE_PRICES", value_delimiter = ',')]
     pub prices: Vec<PathBuf>,
@@ -264,6 +272,8 @@ impl Config {
             self.gpu.replay_path = o.gpu_replay.clone();
         }
         set(&mut self.gpu.usd_per_gpu_hour, &o.usd_per_gpu_hour);
+        set(&mut self.gpu.window_s, &o.gpu_window_s);
+        set(&mut self.gpu.interval_ms, &o.gpu_interval_ms);
         self.pricing.catalogues.extend(o.prices.iter().cloned());
         set(&mut self.capture.sockets, &o.capture_sockets);
         set(&mut self.capture.tls, &o.capture_tls);
@@ -304,10 +314,22 @@ impl Config {
             }
         }
         if self.gpu.source == GpuSourceKind::Replay && self.gpu.replay_path.is_none() {
-            return Err(invalid("gpu.replay_path", "is required with gpu.source = replay"));
+            return Err(invalid(
+                "gpu.replay_path",
+                "is required with gpu.source = replay",
+            ));
         }
         if !(self.gpu.usd_per_gpu_hour.is_finite() && self.gpu.usd_per_gpu_hour >= 0.0) {
-            return Err(invalid("gpu.usd_per_gpu_hour", "must be a non-negative number"));
+            return Err(invalid(
+                "gpu.usd_per_gpu_hour",
+                "must be a non-negative number",
+            ));
+        }
+        if self.gpu.window_s == 0 || self.gpu.window_s * 1000 < self.gpu.interval_ms {
+            return Err(invalid(
+                "gpu.window_s",
+                "must be at least 1 and cover one sampling interval",
+            ));
         }
         if self.gpu.interval_ms < 100 {
             return Err(invalid("gpu.interval_ms", "must be at least 100"));
@@ -339,7 +361,10 @@ mod tests {
         config.apply(&cli.o);
         assert_eq!(config.export.listen.port(), 9999);
         assert_eq!(config.gpu.usd_per_gpu_hour, 4.0);
-        assert_eq!(config.export.otlp_endpoint.as_deref(), Some("http://c:4317"));
+        assert_eq!(
+            config.export.otlp_endpoint.as_deref(),
+            Some("http://c:4317")
+        );
         config.validate().unwrap();
     }
 
@@ -358,6 +383,10 @@ mod tests {
             },
             ..Config::default()
         };
-        assert!(config.validate().unwrap_err().to_string().contains("gpu.replay_path"));
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("gpu.replay_path"));
     }
 }

@@ -6,8 +6,8 @@
 //! and the OTLP exporter run on Tokio.
 
 use std::{
-    collections::BinaryHeap,
     cmp::Reverse,
+    collections::BinaryHeap,
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc, Arc, Mutex,
@@ -21,14 +21,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     attribution::ProcessTable,
-    config::{Config, OtlpProtocol},
+    config::{Config, GpuSourceKind, OtlpProtocol},
     events::{decode, Event},
     export::{
         jsonl::{JsonlOptions, JsonlWriter},
         otlp::{OtlpExporter, OtlpOptions},
         server, Exporters,
     },
-    pipeline::{monotonic_ns, Enricher, WallClock},
+    gpu::{GpuSource, NvmlSource, ReplaySource},
+    pipeline::{
+        gpu::{spawn_sampler, GpuStage},
+        monotonic_ns, Enricher, WallClock,
+    },
     pricing::Pricer,
     probes::{tls::TlsScanner, LoadSettings, Probes},
     streams::{Output, StreamLimits, StreamTable},
@@ -36,16 +40,16 @@ use crate::{
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let node = config
-        .agent
-        .node_name
-        .clone()
-        .or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()));
+    let node = config.agent.node_name.clone().or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+    });
 
     let mut pricer = Pricer::builtin();
     if !config.pricing.catalogues.is_empty() {
-        pricer = Pricer::from_files(&config.pricing.catalogues)
-            .context("loading price catalogues")?;
+        pricer =
+            Pricer::from_files(&config.pricing.catalogues).context("loading price catalogues")?;
     }
 
     let mut builder = Exporters::builder();
@@ -76,7 +80,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.export.listen))?;
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(server::serve(listener, Arc::clone(&state), shutdown.clone()));
+    let server = tokio::spawn(server::serve(
+        listener,
+        Arc::clone(&state),
+        shutdown.clone(),
+    ));
     tracing::info!(event = "listening", addr = %config.export.listen);
 
     let settings = LoadSettings {
@@ -99,11 +107,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(
             thread::Builder::new()
                 .name("tls-attach".into())
-                .spawn(move || tls_attacher(probes, exec_rx, stop, move || ready.set_ready(true)))?,
+                .spawn(move || {
+                    tls_attacher(probes, exec_rx, stop, move || ready.set_ready(true))
+                })?,
         )
     } else {
         state.set_ready(true);
         None
+    };
+
+    let (gpu, gpu_thread) = match start_gpu(&config, Arc::clone(&stop))? {
+        Some((stage, handle)) => (Some(stage), Some(handle)),
+        None => (None, None),
     };
 
     let capture = {
@@ -121,19 +136,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         };
         let exclude = config.capture.exclude_comms.clone();
         let tls = config.capture.tls;
-        thread::Builder::new().name("capture".into()).spawn(move || {
-            capture_loop(CaptureLoop {
-                ring,
-                probes,
-                stop,
-                exporters,
-                enricher,
-                streams: StreamTable::new(limits),
-                procs: ProcessTable::new("/proc", 30_000_000_000, 65_536),
-                exec_tx: tls.then_some(exec_tx),
-                exclude,
-            })
-        })?
+        thread::Builder::new()
+            .name("capture".into())
+            .spawn(move || {
+                capture_loop(CaptureLoop {
+                    ring,
+                    probes,
+                    stop,
+                    exporters,
+                    enricher,
+                    streams: StreamTable::new(limits),
+                    procs: ProcessTable::new("/proc", 30_000_000_000, 65_536),
+                    exec_tx: tls.then_some(exec_tx),
+                    exclude,
+                    gpu,
+                })
+            })?
     };
 
     wait_for_signal().await;
@@ -141,6 +159,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     let _ = capture.join();
     if let Some(t) = tls_thread {
+        let _ = t.join();
+    }
+    if let Some(t) = gpu_thread {
         let _ = t.join();
     }
     drop(probes);
@@ -174,6 +195,43 @@ struct CaptureLoop {
     procs: ProcessTable,
     exec_tx: Option<mpsc::Sender<u32>>,
     exclude: Vec<String>,
+    gpu: Option<GpuStage>,
+}
+
+/// The GPU source the config names, sampled on its own thread. NVML missing
+/// on a node is not an error (most nodes have no GPU); a replay file that
+/// cannot be read is.
+fn start_gpu(
+    config: &Config,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Option<(GpuStage, thread::JoinHandle<()>)>> {
+    let source: Box<dyn GpuSource + Send> = match config.gpu.source {
+        GpuSourceKind::None => return Ok(None),
+        GpuSourceKind::Nvml => match NvmlSource::new() {
+            Ok(source) => Box::new(source),
+            Err(error) => {
+                tracing::warn!(event = "gpu_unavailable", %error, "GPU accounting is off");
+                return Ok(None);
+            }
+        },
+        GpuSourceKind::Replay => {
+            let path = config
+                .gpu
+                .replay_path
+                .as_deref()
+                .context("gpu.replay_path is required with gpu.source = replay")?;
+            Box::new(
+                ReplaySource::open(path)
+                    .with_context(|| format!("opening GPU replay {}", path.display()))?,
+            )
+        }
+    };
+    let interval = Duration::from_millis(config.gpu.interval_ms);
+    let (rx, handle) = spawn_sampler(source, interval, stop)?;
+    let window = Duration::from_secs(config.gpu.window_s);
+    let stage = GpuStage::new(rx, interval, window, config.gpu.usd_per_gpu_hour);
+    tracing::info!(event = "gpu_accounting_on", source = ?config.gpu.source);
+    Ok(Some((stage, handle)))
 }
 
 fn capture_loop(mut l: CaptureLoop) {
@@ -209,12 +267,22 @@ fn capture_loop(mut l: CaptureLoop) {
             l.streams.sweep(now, &mut out);
             l.procs.evict(now);
             flush_output(&mut l, &mut out);
+            gpu_tick(&mut l, false);
             publish_counters(&l, decode_errors);
         }
     }
     // Calls still open at shutdown are reported as incomplete.
     l.streams.sweep(u64::MAX, &mut out);
     flush_output(&mut l, &mut out);
+    gpu_tick(&mut l, true);
+}
+
+/// Releases held self-hosted calls once their GPU window closes.
+fn gpu_tick(l: &mut CaptureLoop, force: bool) {
+    let Some(gpu) = l.gpu.as_mut() else { return };
+    for record in gpu.tick(&mut l.procs, force) {
+        l.exporters.record(&record);
+    }
 }
 
 fn handle(l: &mut CaptureLoop, event: Event, out: &mut Output) {
@@ -228,7 +296,8 @@ fn handle(l: &mut CaptureLoop, event: Event, out: &mut Output) {
             filename,
         } => {
             tracing::debug!(event = "exec", pid, ppid, comm = %comm, filename = %filename, cgroup_id);
-            l.procs.on_exec(pid, ppid, &comm, &filename, cgroup_id, ts_ns);
+            l.procs
+                .on_exec(pid, ppid, &comm, &filename, cgroup_id, ts_ns);
             if let Some(tx) = &l.exec_tx {
                 let _ = tx.send(pid);
             }
@@ -274,7 +343,13 @@ fn flush_output(l: &mut CaptureLoop, out: &mut Output) {
             model = record.call.request_model.as_deref().unwrap_or(""),
             status = record.call.status.unwrap_or(0),
         );
-        l.exporters.record(&record);
+        let ready = match l.gpu.as_mut() {
+            Some(gpu) => gpu.admit(record),
+            None => Some(record),
+        };
+        if let Some(record) = ready {
+            l.exporters.record(&record);
+        }
     }
 }
 
@@ -282,7 +357,11 @@ fn publish_counters(l: &CaptureLoop, decode_errors: u64) {
     let metrics = &l.exporters.state().metrics;
     if let Ok(probes) = l.probes.lock() {
         for (name, value) in probes.counters() {
-            metrics.set_agent_counter("tokenscope_capture_kernel_total", &[("counter", name)], value);
+            metrics.set_agent_counter(
+                "tokenscope_capture_kernel_total",
+                &[("counter", name)],
+                value,
+            );
         }
     }
     let s = l.streams.stats();
@@ -300,6 +379,39 @@ fn publish_counters(l: &CaptureLoop, decode_errors: u64) {
         metrics.set_agent_counter("tokenscope_streams_total", &[("counter", name)], value);
     }
     metrics.set_agent_gauge("tokenscope_open_connections", &[], l.streams.len() as f64);
+    if let Some(gpu) = &l.gpu {
+        for (owner, usage) in &gpu.owners {
+            let labels = [
+                ("namespace", owner.namespace.as_str()),
+                ("pod", owner.pod.as_str()),
+                ("workload", owner.workload.as_str()),
+                ("team", owner.team.as_str()),
+            ];
+            metrics.set_agent_gauge("tokenscope_pod_gpu_seconds", &labels, usage.gpu_seconds);
+            metrics.set_agent_gauge(
+                "tokenscope_pod_gpu_energy_joules",
+                &labels,
+                usage.energy_joules,
+            );
+            metrics.set_agent_gauge(
+                "tokenscope_pod_gpu_memory_gib_seconds",
+                &labels,
+                usage.memory_gib_seconds,
+            );
+        }
+        metrics.set_agent_gauge("tokenscope_gpu_idle_seconds", &[], gpu.idle_seconds);
+        metrics.set_agent_gauge(
+            "tokenscope_gpu_idle_energy_joules",
+            &[],
+            gpu.idle_energy_joules,
+        );
+        metrics.set_agent_counter(
+            "tokenscope_gpu_failed_samples_total",
+            &[],
+            gpu.failed_samples,
+        );
+        metrics.set_agent_counter("tokenscope_gpu_gaps_total", &[], gpu.gaps);
+    }
     metrics.set_agent_gauge("tokenscope_tracked_processes", &[], l.procs.len() as f64);
 }
 
@@ -317,7 +429,9 @@ fn tls_attacher(
             let Ok(mut p) = probes.lock() else { return };
             match p.attach_ssl(&path) {
                 Ok(n) => tracing::info!(event = "tls_attached", path = %path.display(), probes = n),
-                Err(error) => tracing::warn!(event = "tls_attach_failed", path = %path.display(), %error),
+                Err(error) => {
+                    tracing::warn!(event = "tls_attach_failed", path = %path.display(), %error)
+                }
             }
         }
     };

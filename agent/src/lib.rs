@@ -11,9 +11,8 @@ pub mod events;
 pub mod export;
 pub mod gpu;
 pub mod pipeline;
-#[allow(unsafe_code)]
-pub mod probes;
 pub mod pricing;
+pub mod probes;
 pub mod protocols;
 pub mod providers;
 pub mod record;

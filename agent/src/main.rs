@@ -3,12 +3,15 @@
 use clap::{Parser, Subcommand};
 use tokenscope::{
     config::{Config, Overrides},
-    pricing::Pricer,
     report::{self, ReportArgs},
 };
 
 #[derive(Parser)]
-#[command(name = "tokenscope", version, about = "What your organisation gets for its AI spend, per pod, team and model")]
+#[command(
+    name = "tokenscope",
+    version,
+    about = "What your organisation gets for its AI spend, per pod, team and model"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,7 +47,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(tokenscope::daemon::run(config))
         }
         Command::Report(args) => {
-            let pricer = Pricer::builtin();
+            let pricer = args.pricer()?;
             print!("{}", report::run(&args, &pricer)?);
             Ok(())
         }

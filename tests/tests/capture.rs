@@ -8,7 +8,13 @@ use tokenscope_tests::*;
 
 fn curl(args: &[&str]) -> (u32, String) {
     let child = Command::new("curl")
-        .args(["-sk", "--max-time", "10", "-H", "content-type: application/json"])
+        .args([
+            "-sk",
+            "--max-time",
+            "10",
+            "-H",
+            "content-type: application/json",
+        ])
         .args(args)
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -22,7 +28,11 @@ fn curl(args: &[&str]) -> (u32, String) {
 fn one(agent: &Agent, what: &str, pid: u32, side: &str) -> Value {
     let records = agent.wait_records(what, |r| !by_pid(r, pid, side).is_empty());
     let mine = by_pid(&records, pid, side);
-    assert_eq!(mine.len(), 1, "{what}: one {side} record for pid {pid}: {mine:#?}");
+    assert_eq!(
+        mine.len(),
+        1,
+        "{what}: one {side} record for pid {pid}: {mine:#?}"
+    );
     mine[0].clone()
 }
 
@@ -44,7 +54,13 @@ fn plain_http_calls_are_decoded_on_both_sides_and_attributed() {
 
     // A plain call: the client's record and the server's record, same usage.
     let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
-    let (pid, _) = curl(&["-H", "authorization: Bearer sk-live-SECRET-1", "-d", body, &url]);
+    let (pid, _) = curl(&[
+        "-H",
+        "authorization: Bearer sk-live-SECRET-1",
+        "-d",
+        body,
+        &url,
+    ]);
     let client = one(&agent, "plain client call", pid, "client");
     assert_usage(&client, 21, 7);
     assert_eq!(client["usage"]["cache_read_tokens"], 4);
@@ -53,14 +69,23 @@ fn plain_http_calls_are_decoded_on_both_sides_and_attributed() {
     assert_eq!(client["status"], 200);
     assert_eq!(client["provider"], "openai_compatible");
     assert_eq!(client["attribution"]["comm"], "curl");
-    assert!(client["attribution"]["exe"].as_str().unwrap_or("").ends_with("/curl"), "{client:#}");
+    assert!(
+        client["attribution"]["exe"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("/curl"),
+        "{client:#}"
+    );
     assert_eq!(client["peer"], format!("127.0.0.1:{}", server.port));
     let served = agent.wait_records("server record", |r| {
         by_pid(r, server.guard.0.id(), "server").len() == 1
     });
     let served = by_pid(&served, server.guard.0.id(), "server")[0].clone();
     assert_usage(&served, 21, 7);
-    assert!(served["cost_usd"].is_null(), "self-hosted calls carry no token price");
+    assert!(
+        served["cost_usd"].is_null(),
+        "self-hosted calls carry no token price"
+    );
 
     // A streamed call: time to first token and chunks from the SSE events.
     let body = r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
@@ -73,7 +98,10 @@ fn plain_http_calls_are_decoded_on_both_sides_and_attributed() {
     let ttft = streamed["ttft_s"].as_f64().expect("ttft");
     let duration = streamed["duration_s"].as_f64().expect("duration");
     // The server sleeps 10 ms between events: the stream lasts longer than its first token.
-    assert!(ttft > 0.0 && ttft < duration && duration > 0.05, "{streamed:#}");
+    assert!(
+        ttft > 0.0 && ttft < duration && duration > 0.05,
+        "{streamed:#}"
+    );
 
     // A refused call: rate limited, with the server's retry-after.
     let body = r#"{"model":"rate-limited","messages":[]}"#;
@@ -94,7 +122,10 @@ fn plain_http_calls_are_decoded_on_both_sides_and_attributed() {
     let calls = agent.get("/api/v1/calls?limit=100");
     for text in [&events, &metrics, &calls] {
         assert!(!text.contains("SECRET"), "a secret leaked");
-        assert!(!text.to_ascii_lowercase().contains("bearer"), "an auth header leaked");
+        assert!(
+            !text.to_ascii_lowercase().contains("bearer"),
+            "an auth header leaked"
+        );
     }
     assert!(metrics.contains("tokenscope_llm_calls_total"), "{metrics}");
 }
@@ -160,7 +191,11 @@ fn tls_calls_from_real_sdks_are_decoded() {
         .expect("node");
     let pid = child.id();
     let out = child.wait_with_output().expect("node output");
-    assert!(out.status.success(), "node: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "node: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = one(&agent, "node openai SDK", pid, "client");
     assert_usage(&r, 21, 7);
 

@@ -59,10 +59,9 @@ fn pod_uid_of(part: &str) -> Option<String> {
     }
     let uid = stem[idx + 3..].replace('_', "-");
     let is_uid = uid.len() == 36
-        && uid
-            .chars()
-            .enumerate()
-            .all(|(i, c)| matches!(i, 8 | 13 | 18 | 23) == (c == '-') && (c == '-' || c.is_ascii_hexdigit()));
+        && uid.chars().enumerate().all(|(i, c)| {
+            matches!(i, 8 | 13 | 18 | 23) == (c == '-') && (c == '-' || c.is_ascii_hexdigit())
+        });
     is_uid.then_some(uid)
 }
 
@@ -85,7 +84,10 @@ mod tests {
             "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1a2b3c4d_5e6f_7a8b_9c0d_1e2f3a4b5c6d.slice/cri-containerd-{CID}.scope"
         );
         let id = parse_cgroup_path(&path);
-        assert_eq!(id.pod_uid.as_deref(), Some("1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d"));
+        assert_eq!(
+            id.pod_uid.as_deref(),
+            Some("1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d")
+        );
         assert_eq!(id.container_id.as_deref(), Some(CID));
     }
 
@@ -94,7 +96,10 @@ mod tests {
         let id = parse_cgroup_path(&format!(
             "/kubepods/besteffort/pod1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d/{CID}"
         ));
-        assert_eq!(id.pod_uid.as_deref(), Some("1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d"));
+        assert_eq!(
+            id.pod_uid.as_deref(),
+            Some("1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d")
+        );
         assert_eq!(id.container_id.as_deref(), Some(CID));
         let id = parse_cgroup_path(&format!("/system.slice/docker-{CID}.scope"));
         assert_eq!(id.container_id.as_deref(), Some(CID));
@@ -103,7 +108,10 @@ mod tests {
         assert_eq!(id.container_id.as_deref(), Some(CID));
         let id = parse_cgroup_path("/system.slice/inference.service");
         assert_eq!(id.unit.as_deref(), Some("inference.service"));
-        assert_eq!(parse_cgroup_path("/user.slice/podman.slice"), CgroupIdentity::default());
+        assert_eq!(
+            parse_cgroup_path("/user.slice/podman.slice"),
+            CgroupIdentity::default()
+        );
     }
 
     #[test]

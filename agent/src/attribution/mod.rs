@@ -56,7 +56,15 @@ impl ProcessTable {
         self.procs.get(&pid)
     }
 
-    pub fn on_exec(&mut self, pid: u32, ppid: u32, comm: &str, filename: &str, cgroup_id: u64, ts_ns: u64) {
+    pub fn on_exec(
+        &mut self,
+        pid: u32,
+        ppid: u32,
+        comm: &str,
+        filename: &str,
+        cgroup_id: u64,
+        ts_ns: u64,
+    ) {
         if self.procs.len() >= self.max && !self.procs.contains_key(&pid) {
             return;
         }
@@ -121,7 +129,11 @@ impl ProcessTable {
             return;
         };
         for entry in dir.flatten() {
-            if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+            if let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            {
                 let comm = std::fs::read_to_string(format!("{}/{pid}/comm", self.proc_root))
                     .unwrap_or_default();
                 self.lookup(pid, comm.trim_end(), 0);
@@ -131,7 +143,12 @@ impl ProcessTable {
 }
 
 /// Fills the record's attribution from what is known of the process.
-pub fn attribute(info: Option<&ProcessInfo>, pid: u32, comm: &str, node: Option<&str>) -> Attribution {
+pub fn attribute(
+    info: Option<&ProcessInfo>,
+    pid: u32,
+    comm: &str,
+    node: Option<&str>,
+) -> Attribution {
     let mut a = Attribution {
         pid,
         comm: comm.to_string(),

@@ -5,9 +5,9 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use bytemuck::pod_read_unaligned;
 use tokenscope_common::{
-    ConnEvent, DataHeader, EventKind, ProcEvent, TlsLinkEvent, Tuple, CONN_CLOSE,
-    CONN_EVENT_SIZE, DATA_HEADER_SIZE, DIR_EGRESS, FLAG_TRUNCATED, FLAG_UNREADABLE,
-    PROC_EVENT_SIZE, SOURCE_TLS, TLS_LINK_EVENT_SIZE,
+    ConnEvent, DataHeader, EventKind, ProcEvent, TlsLinkEvent, Tuple, CONN_CLOSE, CONN_EVENT_SIZE,
+    DATA_HEADER_SIZE, DIR_EGRESS, FLAG_TRUNCATED, FLAG_UNREADABLE, PROC_EVENT_SIZE, SOURCE_TLS,
+    TLS_LINK_EVENT_SIZE,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -1,5 +1,8 @@
 //! From a decoded call to the record every exporter reads: attribution,
-//! wall-clock time and price.
+//! wall-clock time and price. `gpu` holds self-hosted calls until their GPU
+//! share is known.
+
+pub mod gpu;
 
 use crate::{
     attribution::{attribute, ProcessTable},

@@ -81,8 +81,13 @@ fn find_in(
         let Some(inner) = resolved_struct(btf, m) else {
             continue;
         };
-        if let Some(off) = find_in(btf, &inner.members, field, base_bits + m.bit_offset(), depth + 1)
-        {
+        if let Some(off) = find_in(
+            btf,
+            &inner.members,
+            field,
+            base_bits + m.bit_offset(),
+            depth + 1,
+        ) {
             return Some(off);
         }
     }

@@ -11,7 +11,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use tokenscope_common::{
-    names, ConnState, COUNTERS_MAP, COUNTER_COUNT, COUNTER_NAMES, CONN_STATE_MAP, EVENTS_MAP,
+    names, ConnState, CONN_STATE_MAP, COUNTERS_MAP, COUNTER_COUNT, COUNTER_NAMES, EVENTS_MAP,
     GLOBAL_AGENT_TGID, GLOBAL_CALL_CAP, GLOBAL_FIRST_WINDOW, GLOBAL_OFFSETS, VERDICT_CAPTURE,
     VERDICT_MUTED,
 };
@@ -23,7 +23,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/to
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("this agent was built without eBPF programs (TOKENSCOPE_SKIP_EBPF=1); rebuild without it")]
+    #[error(
+        "this agent was built without eBPF programs (TOKENSCOPE_SKIP_EBPF=1); rebuild without it"
+    )]
     NoObject,
     #[error(transparent)]
     Btf(#[from] BtfError),
@@ -74,9 +76,15 @@ impl Probes {
         }
         let started = std::time::Instant::now();
         let offsets = kernel_offsets()?;
-        tracing::debug!(event = "btf_offsets", ms = started.elapsed().as_millis() as u64);
+        tracing::debug!(
+            event = "btf_offsets",
+            ms = started.elapsed().as_millis() as u64
+        );
         let btf = Btf::from_sys_fs().map_err(ProbeError::KernelBtf)?;
-        tracing::debug!(event = "btf_parsed", ms = started.elapsed().as_millis() as u64);
+        tracing::debug!(
+            event = "btf_parsed",
+            ms = started.elapsed().as_millis() as u64
+        );
         let tgid = std::process::id();
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
@@ -86,11 +94,15 @@ impl Probes {
             .override_global(GLOBAL_OFFSETS, &offsets, true)
             .load(OBJECT)
             .map_err(ProbeError::Load)?;
-        tracing::debug!(event = "object_loaded", ms = started.elapsed().as_millis() as u64);
+        tracing::debug!(
+            event = "object_loaded",
+            ms = started.elapsed().as_millis() as u64
+        );
 
         for name in [names::EXEC, names::EXIT] {
             let prog: &mut TracePoint = program(&mut ebpf, name)?;
-            prog.load().map_err(|source| prog_err(name, "load", source))?;
+            prog.load()
+                .map_err(|source| prog_err(name, "load", source))?;
             prog.attach("sched", name)
                 .map_err(|source| prog_err(name, "attach", source))?;
         }
@@ -100,8 +112,13 @@ impl Probes {
                 let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
                 prog.load(name, &btf)
                     .map_err(|source| prog_err(name, "load", source))?;
-                prog.attach().map_err(|source| prog_err(name, "attach", source))?;
-                tracing::debug!(event = "attached", program = name, ms = started.elapsed().as_millis() as u64);
+                prog.attach()
+                    .map_err(|source| prog_err(name, "attach", source))?;
+                tracing::debug!(
+                    event = "attached",
+                    program = name,
+                    ms = started.elapsed().as_millis() as u64
+                );
             }
         }
         let verdicts = take_map(&mut ebpf, CONN_STATE_MAP, "CONN_STATE")?;
@@ -123,7 +140,11 @@ impl Probes {
     pub fn set_verdict(&mut self, conn_id: u64, capture: bool) {
         let state = ConnState {
             window_used: 0,
-            verdict: if capture { VERDICT_CAPTURE } else { VERDICT_MUTED },
+            verdict: if capture {
+                VERDICT_CAPTURE
+            } else {
+                VERDICT_MUTED
+            },
             _pad: [0; 7],
         };
         // A failed update only costs captured bytes; the connection is still parsed.
@@ -154,14 +175,19 @@ impl Probes {
         if !self.ssl_loaded {
             for (name, _, _) in tls::SSL_PROBES {
                 let prog: &mut UProbe = program(&mut self.ebpf, name)?;
-                prog.load().map_err(|source| prog_err(name, "load", source))?;
+                prog.load()
+                    .map_err(|source| prog_err(name, "load", source))?;
             }
             self.ssl_loaded = true;
         }
         let mut attached = 0;
         for (name, symbol, _) in tls::SSL_PROBES {
             let prog: &mut UProbe = program(&mut self.ebpf, name)?;
-            match prog.attach(symbol, target, aya::programs::uprobe::UProbeScope::AllProcesses) {
+            match prog.attach(
+                symbol,
+                target,
+                aya::programs::uprobe::UProbeScope::AllProcesses,
+            ) {
                 Ok(_) => attached += 1,
                 // Libraries without the `_ex` pair (older OpenSSL, BoringSSL) are normal.
                 Err(source) => tracing::debug!(
@@ -200,5 +226,8 @@ where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
     let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(label))?;
-    T::try_from(map).map_err(|source| ProbeError::Map { name: label, source })
+    T::try_from(map).map_err(|source| ProbeError::Map {
+        name: label,
+        source,
+    })
 }

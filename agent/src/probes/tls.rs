@@ -144,10 +144,15 @@ mod tests {
             );
             return;
         }
-        assert!(first.iter().any(|p| p.to_string_lossy().contains("libssl.so.3")));
+        assert!(first
+            .iter()
+            .any(|p| p.to_string_lossy().contains("libssl.so.3")));
         // Each target resolves to a file once, whatever path reached it.
         assert!(first.iter().all(|p| exports_ssl_write(p)));
-        assert!(scanner.scan_host().is_empty(), "same inode is reported once");
+        assert!(
+            scanner.scan_host().is_empty(),
+            "same inode is reported once"
+        );
     }
 
     #[test]

@@ -51,18 +51,44 @@ pub fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
 /// (one per request in order) and the stream id for HTTP/2.
 #[derive(Clone, Debug, PartialEq)]
 pub enum HttpEvent {
-    Request { stream: u64, head: RequestHead, ts_ns: u64 },
+    Request {
+        stream: u64,
+        head: RequestHead,
+        ts_ns: u64,
+    },
     /// Request body bytes after content decoding.
-    RequestBody { stream: u64, data: Bytes, ts_ns: u64 },
-    RequestEnd { stream: u64, ts_ns: u64 },
+    RequestBody {
+        stream: u64,
+        data: Bytes,
+        ts_ns: u64,
+    },
+    RequestEnd {
+        stream: u64,
+        ts_ns: u64,
+    },
     /// A final response head (1xx interim responses are not reported).
-    Response { stream: u64, head: ResponseHead, ts_ns: u64 },
+    Response {
+        stream: u64,
+        head: ResponseHead,
+        ts_ns: u64,
+    },
     /// Response body bytes after transfer and content decoding, as they arrived.
-    ResponseBody { stream: u64, data: Bytes, ts_ns: u64 },
-    ResponseEnd { stream: u64, ts_ns: u64 },
+    ResponseBody {
+        stream: u64,
+        data: Bytes,
+        ts_ns: u64,
+    },
+    ResponseEnd {
+        stream: u64,
+        ts_ns: u64,
+    },
     /// The exchange ended early: reset stream, connection closed mid-message,
     /// or bytes that could not be parsed. What was emitted before still stands.
-    Abort { stream: u64, reason: AbortReason, ts_ns: u64 },
+    Abort {
+        stream: u64,
+        reason: AbortReason,
+        ts_ns: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use crate::{
     events::{Data, Endpoints, Flow, Source},
     protocols::{
+        detect::PREFACE,
         event::{Direction, HttpEvent},
         sniff, HttpParser, Limits as ParseLimits, Sniff,
     },
@@ -208,7 +209,14 @@ impl StreamTable {
         if gap_before > 0 {
             feed_gap(conn, data.flow, data.ts_ns, gap_before, &mut self.stats);
         }
-        feed(conn, data.flow, data.ts_ns, &data.payload, &mut self.stats, out);
+        feed(
+            conn,
+            data.flow,
+            data.ts_ns,
+            &data.payload,
+            &mut self.stats,
+            out,
+        );
         if gap_after > 0 {
             feed_gap(conn, data.flow, data.ts_ns, gap_after, &mut self.stats);
         }
@@ -329,6 +337,24 @@ fn feed(
         buf.extend_from_slice(bytes);
         let side = match sniff(buf) {
             Sniff::NeedMore if buf.len() < SNIFF_MAX => return,
+            Sniff::LooksHttp2 if !buf.starts_with(PREFACE) => {
+                // Frames without the preface: capture began mid-connection and
+                // either peer may have spoken first. Ephemeral ports are clients'.
+                match conn.meta.endpoints {
+                    Some(ep) if ep.local.port() >= 32768 && ep.remote.port() < 32768 => {
+                        Side::Client
+                    }
+                    Some(ep) if ep.remote.port() >= 32768 && ep.local.port() < 32768 => {
+                        Side::Server
+                    }
+                    _ => {
+                        stats.not_http += 1;
+                        conn.phase = Phase::Ignored;
+                        out.verdicts.push((conn.meta.conn_id, false));
+                        return;
+                    }
+                }
+            }
             Sniff::LooksHttp1Request | Sniff::LooksHttp2 => {
                 if flow == Flow::Egress {
                     Side::Client
@@ -353,7 +379,12 @@ fn feed(
         let buffered = std::mem::take(buf);
         start_http(conn, side);
         if let Phase::Http { parser, .. } = &mut conn.phase {
-            parser.feed(direction(side, flow), ts_ns, &buffered, &mut conn.http_events);
+            parser.feed(
+                direction(side, flow),
+                ts_ns,
+                &buffered,
+                &mut conn.http_events,
+            );
         }
         return;
     }

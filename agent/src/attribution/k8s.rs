@@ -1,1 +1,0 @@
-//! Kubernetes pod metadata (filled in later).
