@@ -4,6 +4,7 @@
 //! resourceVersion).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +27,8 @@ const JOBS: &str = include_str!("../../tests/fixtures/k8s/jobs.json");
 const NODE: &str = "node-a";
 const CHAT_UID: &str = "3f1e2d4c-8b7a-4c5d-9e6f-0a1b2c3d4e5f";
 const OTHER_NODE_UID: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+/// Past the lists' resourceVersion (48420).
+const BOOKMARK_RV: &str = "48450";
 const EMBED_UID: &str = "c7d8e9f0-1a2b-4c3d-9e4f-5a6b7c8d9e0f";
 
 /// One resource: its list, the watch events pushed so far, and what clients asked.
@@ -35,6 +38,9 @@ struct Resource {
     events: Mutex<Vec<String>>,
     pushed: tokio::sync::watch::Sender<usize>,
     requests: Mutex<Vec<(HashMap<String, String>, String)>>,
+    /// Ends the next watch right after its bookmark, so the client must resume
+    /// from the bookmark's resourceVersion.
+    close_after_bookmark: AtomicBool,
 }
 
 impl Resource {
@@ -45,6 +51,7 @@ impl Resource {
             events: Mutex::new(Vec::new()),
             pushed: tokio::sync::watch::channel(0).0,
             requests: Mutex::new(Vec::new()),
+            close_after_bookmark: AtomicBool::new(false),
         })
     }
 
@@ -80,7 +87,6 @@ async fn serve(
         Some(n) => item["spec"]["nodeName"].as_str() == Some(n.as_str()),
         None => true,
     };
-    let rv = res.list["metadata"]["resourceVersion"].clone();
     if query.get("watch").map(String::as_str) != Some("true") {
         let mut list = res.list.clone();
         if let Some(items) = list["items"].as_array_mut() {
@@ -91,21 +97,21 @@ async fn serve(
             .body(Body::from(list.to_string()))
             .unwrap();
     }
-    assert_eq!(
-        query.get("resourceVersion"),
-        Some(&rv.as_str().unwrap().to_string())
-    );
     let bookmark = json!({"type": "BOOKMARK", "object": {
         "kind": res.bookmark_kind, "apiVersion": "v1",
-        "metadata": {"resourceVersion": rv, "annotations": {"k8s.io/initial-events-end": "true"}}
+        "metadata": {"resourceVersion": BOOKMARK_RV, "annotations": {"k8s.io/initial-events-end": "true"}}
     }})
     .to_string()
         + "\n";
     let first = futures::stream::iter([Ok::<_, std::convert::Infallible>(bookmark)]);
     // Replays every pushed event, then waits for more; the connection stays open.
+    let close = res.close_after_bookmark.swap(false, Ordering::SeqCst);
     let rx = res.pushed.subscribe();
-    let later = futures::stream::unfold((rx, 0usize, res), |(mut rx, sent, res)| async move {
+    let later = futures::stream::unfold((rx, 0usize, res), move |(mut rx, sent, res)| async move {
         loop {
+            if close {
+                return None;
+            }
             let line = res.events.lock().unwrap().get(sent).cloned();
             if let Some(line) = line {
                 return Some((Ok(line), (rx, sent + 1, res)));
@@ -135,6 +141,7 @@ async fn cache_follows_list_and_watch_from_a_real_client() {
     let namespaces = Resource::new(NAMESPACES, "Namespace");
     let replicasets = Resource::new(REPLICASETS, "ReplicaSet");
     let jobs = Resource::new(JOBS, "Job");
+    pods.close_after_bookmark.store(true, Ordering::SeqCst);
     let app = Router::new()
         .route("/api/v1/pods", get(serve).with_state(pods.clone()))
         .route(
@@ -207,6 +214,19 @@ async fn cache_follows_list_and_watch_from_a_real_client() {
             "pod request without the node selector: {query:?}"
         );
     }
+    // Pods: a list, a watch from the list's version that ends after its bookmark,
+    // and a second watch resumed from the bookmark's version.
+    let resumed = eventually("the pod watch resumed from the bookmark", || {
+        let watches: Vec<String> = pods
+            .requests()
+            .into_iter()
+            .filter(|(q, _)| q.get("watch").map(String::as_str) == Some("true"))
+            .filter_map(|(mut q, _)| q.remove("resourceVersion"))
+            .collect();
+        (watches.len() >= 2).then_some(watches)
+    })
+    .await;
+    assert_eq!(resumed[..2], ["48420", BOOKMARK_RV]);
     // Namespaces, ReplicaSets and Jobs are read as metadata only.
     for res in [&namespaces, &replicasets, &jobs] {
         let requests = res.requests();
