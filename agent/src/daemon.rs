@@ -307,7 +307,7 @@ fn handle(l: &mut CaptureLoop, event: Event, out: &mut Output) {
             l.streams.on_exit(pid, ts_ns, out);
         }
         Event::Data(data) => {
-            if l.exclude.iter().any(|c| *c == data.comm) {
+            if l.exclude.contains(&data.comm) {
                 out.verdicts.push((data.conn_id, false));
                 return;
             }

@@ -25,15 +25,15 @@ use crate::{
 /// Most calls held for one window; past it they go out without a share (counted).
 const MAX_HELD: usize = 100_000;
 
+/// Sampling results as they arrive from the sampler thread.
+pub type Samples = mpsc::Receiver<Result<GpuSample, GpuError>>;
+
 /// Starts sampling `source` every `interval` on a thread; samples arrive on the receiver.
 pub fn spawn_sampler(
     mut source: Box<dyn GpuSource + Send>,
     interval: Duration,
     stop: Arc<AtomicBool>,
-) -> std::io::Result<(
-    mpsc::Receiver<Result<GpuSample, GpuError>>,
-    thread::JoinHandle<()>,
-)> {
+) -> std::io::Result<(Samples, thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::sync_channel(64);
     let handle = thread::Builder::new()
         .name("gpu-sampler".into())
@@ -86,7 +86,7 @@ impl Owner {
 }
 
 pub struct GpuStage {
-    samples: mpsc::Receiver<Result<GpuSample, GpuError>>,
+    samples: Samples,
     accountant: Accountant,
     window: Duration,
     window_started: Instant,
@@ -103,7 +103,7 @@ pub struct GpuStage {
 
 impl GpuStage {
     pub fn new(
-        samples: mpsc::Receiver<Result<GpuSample, GpuError>>,
+        samples: Samples,
         interval: Duration,
         window: Duration,
         usd_per_gpu_hour: f64,
