@@ -27,15 +27,16 @@ const JOBS: &str = include_str!("../../tests/fixtures/k8s/jobs.json");
 const NODE: &str = "node-a";
 const CHAT_UID: &str = "3f1e2d4c-8b7a-4c5d-9e6f-0a1b2c3d4e5f";
 const OTHER_NODE_UID: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
-/// Past the lists' resourceVersion (48420).
+/// The watch bookmark is 30 past the list's resourceVersion (48420).
 const BOOKMARK_RV: &str = "48450";
 const EMBED_UID: &str = "c7d8e9f0-1a2b-4c3d-9e4f-5a6b7c8d9e0f";
 
-/// One resource: its list, the watch events pushed so far, and what clients asked.
+/// One resource: its list, the watch events pushed so far (with their
+/// resourceVersions), and what clients asked.
 struct Resource {
-    list: Value,
+    list: Mutex<Value>,
     bookmark_kind: &'static str,
-    events: Mutex<Vec<String>>,
+    events: Mutex<Vec<(u64, String)>>,
     pushed: tokio::sync::watch::Sender<usize>,
     requests: Mutex<Vec<(HashMap<String, String>, String)>>,
     /// Ends the next watch right after its bookmark, so the client must resume
@@ -46,7 +47,7 @@ struct Resource {
 impl Resource {
     fn new(list: &str, bookmark_kind: &'static str) -> Arc<Resource> {
         Arc::new(Resource {
-            list: serde_json::from_str(list).expect("fixture list"),
+            list: Mutex::new(serde_json::from_str(list).expect("fixture list")),
             bookmark_kind,
             events: Mutex::new(Vec::new()),
             pushed: tokio::sync::watch::channel(0).0,
@@ -55,11 +56,18 @@ impl Resource {
         })
     }
 
-    fn push(&self, kind: &str, object: Value) {
+    fn push(&self, kind: &str, mut object: Value, rv: u64) {
+        if kind != "ERROR" {
+            object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        }
         let line = json!({"type": kind, "object": object}).to_string() + "\n";
         let mut events = self.events.lock().unwrap();
-        events.push(line);
+        events.push((rv, line));
         self.pushed.send_replace(events.len());
+    }
+
+    fn item(&self, index: usize) -> Value {
+        self.list.lock().unwrap()["items"][index].clone()
     }
 
     fn requests(&self) -> Vec<(HashMap<String, String>, String)> {
@@ -87,8 +95,16 @@ async fn serve(
         Some(n) => item["spec"]["nodeName"].as_str() == Some(n.as_str()),
         None => true,
     };
+    let list_rv: u64 = {
+        let list = res.list.lock().unwrap();
+        list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
     if query.get("watch").map(String::as_str) != Some("true") {
-        let mut list = res.list.clone();
+        let mut list = res.list.lock().unwrap().clone();
         if let Some(items) = list["items"].as_array_mut() {
             items.retain(on_node);
         }
@@ -99,26 +115,35 @@ async fn serve(
     }
     let bookmark = json!({"type": "BOOKMARK", "object": {
         "kind": res.bookmark_kind, "apiVersion": "v1",
-        "metadata": {"resourceVersion": BOOKMARK_RV, "annotations": {"k8s.io/initial-events-end": "true"}}
+        "metadata": {"resourceVersion": (list_rv + 30).to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}
     }})
     .to_string()
         + "\n";
     let first = futures::stream::iter([Ok::<_, std::convert::Infallible>(bookmark)]);
-    // Replays every pushed event, then waits for more; the connection stays open.
+    // Sends the pushed events newer than the client's version, then waits for
+    // more; the connection stays open.
+    let from: u64 = query
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let close = res.close_after_bookmark.swap(false, Ordering::SeqCst);
     let rx = res.pushed.subscribe();
-    let later = futures::stream::unfold((rx, 0usize, res), move |(mut rx, sent, res)| async move {
-        loop {
-            if close {
-                return None;
+    let later = futures::stream::unfold(
+        (rx, 0usize, res),
+        move |(mut rx, mut sent, res)| async move {
+            loop {
+                if close {
+                    return None;
+                }
+                let event = res.events.lock().unwrap().get(sent).cloned();
+                match event {
+                    Some((rv, line)) if rv > from => return Some((Ok(line), (rx, sent + 1, res))),
+                    Some(_) => sent += 1,
+                    None => rx.changed().await.ok()?,
+                }
             }
-            let line = res.events.lock().unwrap().get(sent).cloned();
-            if let Some(line) = line {
-                return Some((Ok(line), (rx, sent + 1, res)));
-            }
-            rx.changed().await.ok()?;
-        }
-    });
+        },
+    );
     Response::builder()
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from_stream(futures::StreamExt::chain(first, later)))
@@ -241,20 +266,16 @@ async fn cache_follows_list_and_watch_from_a_real_client() {
 
     // A pod added later is found; a deleted pod leaves, and so does its IP.
     let added: Value = serde_json::from_str(POD_ADDED).unwrap();
-    pods.push("ADDED", added);
+    pods.push("ADDED", added.clone(), 48501);
     let new = eventually("the added pod", || cache.by_ip("10.244.1.52")).await;
     assert_eq!(new.name, "chat-api-7d9f8b6c5d-p5t6w");
     assert_eq!(new.workload, "chat-api");
     assert_eq!(cache.len(), 8);
 
-    let mut gone = pods.list["items"]
-        .as_array()
-        .and_then(|items| items.iter().find(|p| p["metadata"]["uid"] == CHAT_UID))
-        .cloned()
-        .unwrap();
-    gone["metadata"]["resourceVersion"] = json!("48600");
+    let mut gone = pods.item(0);
+    assert_eq!(gone["metadata"]["uid"], CHAT_UID);
     gone["metadata"]["deletionTimestamp"] = json!("2026-11-29T01:02:03Z");
-    pods.push("DELETED", gone);
+    pods.push("DELETED", gone, 48600);
     eventually("the deleted pod to leave", || {
         cache.by_uid(CHAT_UID).is_none().then_some(())
     })
@@ -263,16 +284,44 @@ async fn cache_follows_list_and_watch_from_a_real_client() {
     assert_eq!(cache.len(), 7);
 
     // A namespace relabel reaches pods that take their team from it.
-    let mut ns = namespaces.list["items"][1].clone();
+    let mut ns = namespaces.item(1);
     assert_eq!(ns["metadata"]["name"], "inference");
     ns["metadata"]["labels"]["team"] = json!("inference-core");
-    namespaces.push("MODIFIED", ns);
+    namespaces.push("MODIFIED", ns, 48610);
     eventually("the namespace's new team", || {
         cache
             .by_uid("7a8b9c0d-1e2f-4a3b-8c4d-5e6f7a8b9c0d")
             .filter(|m| m.team.as_deref() == Some("inference-core"))
     })
     .await;
+
+    // The watch expires (410); the client lists again, and a pod deleted while
+    // it was not watching (debug-shell) leaves the cache.
+    let debug_shell = pods.item(6);
+    assert_eq!(debug_shell["metadata"]["name"], "debug-shell");
+    assert!(cache.by_ip("10.244.1.40").is_some());
+    {
+        let mut list = pods.list.lock().unwrap();
+        list["metadata"]["resourceVersion"] = json!("48700");
+        let items = list["items"].as_array_mut().unwrap();
+        items.retain(|p| p["metadata"]["uid"] != CHAT_UID && p != &debug_shell);
+        items.push(added);
+    }
+    let expired = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "too old resource version: 48450 (48690)", "reason": "Expired", "code": 410});
+    pods.push("ERROR", expired, 48690);
+    eventually("debug-shell to leave after the relist", || {
+        cache.by_ip("10.244.1.40").is_none().then_some(())
+    })
+    .await;
+    assert_eq!(cache.len(), 6);
+    assert!(cache.by_ip("10.244.1.52").is_some());
+    let lists = pods
+        .requests()
+        .iter()
+        .filter(|(q, _)| q.get("watch").is_none())
+        .count();
+    assert_eq!(lists, 2, "one list at start, one after the 410");
     shutdown.cancel();
 }
 
