@@ -98,6 +98,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let probes = Arc::new(Mutex::new(probes));
     tracing::info!(event = "probes_attached");
 
+    let pods = if config.kubernetes.enabled {
+        let node_name = node
+            .clone()
+            .context("kubernetes.enabled needs the node name (TOKENSCOPE_NODE_NAME)")?;
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
+        let cache = crate::attribution::k8s::start(
+            client,
+            &node_name,
+            &config.kubernetes.team_label,
+            shutdown.clone(),
+        )
+        .await
+        .context("starting the pod watchers")?;
+        tracing::info!(event = "kubernetes_attribution_on", node = %node_name);
+        Some(cache)
+    } else {
+        None
+    };
+
     let stop = Arc::new(AtomicBool::new(false));
     let (exec_tx, exec_rx) = mpsc::channel::<u32>();
     let tls_thread = if config.capture.tls {
@@ -129,6 +150,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             clock: WallClock::now(),
             node,
             pricer,
+            pods,
         };
         let limits = StreamLimits {
             max_connections: config.capture.max_connections,

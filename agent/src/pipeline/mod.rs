@@ -5,9 +5,9 @@
 pub mod gpu;
 
 use crate::{
-    attribution::{attribute, ProcessTable},
+    attribution::{attribute, k8s::PodCache, k8s::PodMeta, ProcessTable},
     pricing::{CallPrice, Pricer},
-    record::{CallRecord, LlmCall},
+    record::{Attribution, CallRecord, LlmCall},
     streams::ConnMeta,
 };
 
@@ -51,12 +51,19 @@ pub struct Enricher {
     pub clock: WallClock,
     pub node: Option<String>,
     pub pricer: Pricer,
+    /// Pod metadata from the API server, when Kubernetes attribution is on.
+    pub pods: Option<PodCache>,
 }
 
 impl Enricher {
     pub fn enrich(&self, meta: &ConnMeta, call: LlmCall, procs: &mut ProcessTable) -> CallRecord {
         let info = procs.lookup(meta.pid, &meta.comm, meta.cgroup_id);
-        let attribution = attribute(info, meta.pid, &meta.comm, self.node.as_deref());
+        let mut attribution = attribute(info, meta.pid, &meta.comm, self.node.as_deref());
+        if let (Some(pods), Some(uid)) = (&self.pods, attribution.pod_uid.as_deref()) {
+            if let Some(pod) = pods.by_uid(uid) {
+                apply_pod(&mut attribution, pod);
+            }
+        }
         let cost_usd = match self.pricer.price_call(meta.side, &call) {
             CallPrice::Priced(cost) => Some(cost.usd()),
             CallPrice::Unpriced | CallPrice::SelfHosted => None,
@@ -76,6 +83,14 @@ impl Enricher {
             call,
         }
     }
+}
+
+/// Fills namespace, pod, workload and team from the pod's metadata.
+pub fn apply_pod(a: &mut Attribution, pod: PodMeta) {
+    a.namespace = Some(pod.namespace);
+    a.pod = Some(pod.name);
+    a.workload = Some(pod.workload);
+    a.team = pod.team;
 }
 
 #[cfg(test)]
