@@ -79,9 +79,12 @@ fn main() -> Result<()> {
         Task::Run { args } => {
             setup::toolchain()?;
             run_cmd(
-                Command::new("cargo")
-                    .current_dir(&root)
-                    .args(["build", "--release", "-p", "tokenscope"]),
+                Command::new("cargo").current_dir(&root).args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "tokenscope",
+                ]),
                 "building the agent",
             )?;
             let bin = root.join("target/release/tokenscope");
@@ -103,19 +106,19 @@ fn main() -> Result<()> {
             }
             // The end-to-end tests run the agent binary: build it first.
             run_cmd(
-                Command::new("cargo")
-                    .current_dir(&root)
-                    .args(["build", "-p", "tokenscope", "--bins"]),
+                Command::new("cargo").current_dir(&root).args([
+                    "build",
+                    "-p",
+                    "tokenscope",
+                    "--bins",
+                ]),
                 "building the agent",
             )?;
             run_cmd(
-                Command::new("cargo").current_dir(&root).args([
-                    "test",
-                    "--workspace",
-                    "--lib",
-                    "--bins",
-                    "--tests",
-                ]).args(&args),
+                Command::new("cargo")
+                    .current_dir(&root)
+                    .args(["test", "--workspace", "--lib", "--bins", "--tests"])
+                    .args(&args),
                 "cargo test",
             )?;
         }

@@ -70,7 +70,10 @@ fn apt_packages() -> Result<()> {
         );
     }
     step(&format!("installing {}", missing.join(" ")));
-    run_cmd(Command::new("apt-get").args(["update", "-qq"]), "apt-get update")?;
+    run_cmd(
+        Command::new("apt-get").args(["update", "-qq"]),
+        "apt-get update",
+    )?;
     run_cmd(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
@@ -81,8 +84,9 @@ fn apt_packages() -> Result<()> {
 }
 
 fn llvm_major_of_nightly() -> Result<u32> {
-    let text = output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "-vV"]))
-        .context("the nightly toolchain is not installed: run `rustup toolchain install nightly`")?;
+    let text = output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "-vV"])).context(
+        "the nightly toolchain is not installed: run `rustup toolchain install nightly`",
+    )?;
     text.lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
         .and_then(|v| v.split('.').next())
@@ -91,8 +95,16 @@ fn llvm_major_of_nightly() -> Result<u32> {
 }
 
 fn nightly() -> Result<()> {
-    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", NIGHTLY, "--installed"]))
-        .context("rustup cannot list the nightly's components: run `rustup toolchain install nightly`")?;
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        NIGHTLY,
+        "--installed",
+    ]))
+    .context(
+        "rustup cannot list the nightly's components: run `rustup toolchain install nightly`",
+    )?;
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
         step("adding rust-src to the nightly toolchain");
         run_cmd(
@@ -202,14 +214,17 @@ pub fn test_env() -> Result<()> {
 pub fn fuzz(root: &Path, seconds: u64) -> Result<()> {
     if output(Command::new("cargo").args(["fuzz", "--version"])).is_none() {
         step("installing cargo-fuzz");
-        run_cmd(Command::new("cargo").args(["install", "cargo-fuzz"]), "cargo install cargo-fuzz")?;
+        run_cmd(
+            Command::new("cargo").args(["install", "cargo-fuzz"]),
+            "cargo install cargo-fuzz",
+        )?;
     }
     let fuzz_dir = root.join("agent");
-    let list = output(
-        Command::new("cargo")
-            .current_dir(&fuzz_dir)
-            .args([&format!("+{NIGHTLY}"), "fuzz", "list"]),
-    )
+    let list = output(Command::new("cargo").current_dir(&fuzz_dir).args([
+        &format!("+{NIGHTLY}"),
+        "fuzz",
+        "list",
+    ]))
     .context("cargo fuzz list failed")?;
     for target in list.lines().map(str::trim).filter(|t| !t.is_empty()) {
         step(&format!("fuzzing {target} for {seconds} s"));
