@@ -77,7 +77,7 @@ impl Default for CaptureConfig {
             sockets: true,
             tls: true,
             first_window_bytes: 64 * 1024,
-            call_cap_bytes: 128 * 1024,
+            call_cap_bytes: 256 * 1024,
             max_connections: 4096,
             exclude_comms: Vec::new(),
         }
@@ -296,8 +296,14 @@ impl Config {
                 "must be between 1 and 16777216",
             ));
         }
-        if self.capture.call_cap_bytes == 0 {
-            return Err(invalid("capture.call_cap_bytes", "must be at least 1"));
+        if self.capture.call_cap_bytes == 0
+            || self.capture.call_cap_bytes as usize
+                > tokenscope_common::CHUNK * tokenscope_common::MAX_CHUNKS as usize
+        {
+            return Err(invalid(
+                "capture.call_cap_bytes",
+                "must be between 1 and 262144 (16 chunks of 16 KiB)",
+            ));
         }
         if self.capture.max_connections == 0 {
             return Err(invalid("capture.max_connections", "must be at least 1"));

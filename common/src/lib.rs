@@ -48,7 +48,7 @@ pub mod names {
 /// Largest payload carried by one data event; bigger calls are split.
 pub const CHUNK: usize = 16 * 1024;
 /// Most chunks emitted for one plain-buffer call (so at most `CHUNK * MAX_CHUNKS` bytes).
-pub const MAX_CHUNKS: u32 = 8;
+pub const MAX_CHUNKS: u32 = 16;
 /// Most iovec entries read from one vectored call (one chunk each).
 pub const MAX_IOVECS: u32 = 8;
 /// Size of the per-CPU scratch buffer: header plus one chunk.

@@ -43,39 +43,16 @@ pub fn ebpf_available() -> bool {
     ok
 }
 
-/// The agent binary. `cargo xtask test` builds it before the tests run;
-/// a binary older than the agent's sources is refused rather than tested.
+/// The agent binary. `cargo xtask test` builds it before the tests run
+/// (this package cannot depend on another package's binary).
 pub fn agent_binary() -> PathBuf {
     let bin = root().join("target/debug/tokenscope");
-    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
-    let newest_source = ["agent/src", "agent-ebpf/src", "common/src"]
-        .iter()
-        .flat_map(|d| walk(&root().join(d)))
-        .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        .max();
-    match (built, newest_source) {
-        (Some(built), Some(source)) if built >= source => bin,
-        _ => panic!(
-            "{} is missing or older than the sources: run `cargo build -p tokenscope` \
-             (cargo xtask test does it)",
-            bin.display()
-        ),
-    }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                out.extend(walk(&path));
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p tokenscope` (cargo xtask test does it)",
+        bin.display()
+    );
+    bin
 }
 
 /// A scratch directory removed on drop.
