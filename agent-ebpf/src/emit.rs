@@ -13,7 +13,7 @@ use aya_ebpf::helpers::{
 };
 use tokenscope_common::{
     ConnState, Counter, DataHeader, EventKind, Tuple, CHUNK, DATA_HEADER_SIZE, MAX_CHUNKS,
-    MAX_IOVECS, VERDICT_MUTED, VERDICT_UNKNOWN,
+    MAX_IOVECS, VERDICT_CAPTURE, VERDICT_MUTED, VERDICT_UNKNOWN,
 };
 
 use crate::maps::{call_cap, count, first_window, CONN_STATE, EVENTS, SCRATCH};
@@ -213,8 +213,30 @@ pub fn iovec(iov: u64, iovcnt: u64, limit: u32) -> u32 {
     sent as u32
 }
 
+/// A connection whose first call starts with `POST ` is taken in full from
+/// the start: LLM requests are POSTs, often bigger than the first window, and
+/// user space mutes the ones that turn out not to be LLM calls.
+#[inline(always)]
+pub fn promote_post(conn_id: u64, src: u64) {
+    if unsafe { CONN_STATE.get(&conn_id) }.is_some() {
+        return;
+    }
+    let Ok(word) = (unsafe { bpf_probe_read_user(src as *const [u8; 5]) }) else {
+        return;
+    };
+    if word == *b"POST " {
+        let state = ConnState {
+            window_used: 0,
+            verdict: VERDICT_CAPTURE,
+            _pad: [0; 7],
+        };
+        let _ = CONN_STATE.insert(&conn_id, &state, 0);
+    }
+}
+
 /// Applies the connection's verdict and first window to a call of `call_len`
 /// bytes; returns how many bytes to capture, or `None` to capture nothing.
+/// An unclassified connection costs at most its window plus one call.
 #[inline(always)]
 pub fn admit(conn_id: u64, call_len: u32) -> Option<u32> {
     let mut limit = call_len;
@@ -225,24 +247,18 @@ pub fn admit(conn_id: u64, call_len: u32) -> Option<u32> {
                 return None;
             }
             if (*state).verdict == VERDICT_UNKNOWN {
-                let window = first_window();
+                // A call that starts inside the window is taken whole (up to the
+                // call cap): a request larger than the window must not lose its
+                // body before user space has seen its head.
                 let used = (*state).window_used;
-                if used >= window {
+                if used >= first_window() {
                     count(Counter::WindowExceeded, 1);
                     return None;
-                }
-                let room = window - used;
-                if (limit as u64) > room {
-                    limit = room as u32;
                 }
                 (*state).window_used = used + limit as u64;
             }
         },
         None => {
-            let window = first_window();
-            if (limit as u64) > window {
-                limit = window as u32;
-            }
             let state = ConnState {
                 window_used: limit as u64,
                 verdict: VERDICT_UNKNOWN,

@@ -16,7 +16,7 @@ use tokenscope_common::{
 };
 
 use crate::{
-    emit::{admit, begin, direct, iovec, lost_from},
+    emit::{admit, begin, direct, iovec, lost_from, promote_post},
     maps::{agent_tgid, count, offsets, CONN_STATE, EVENTS, SSL_ACTIVE, TLS_LINKED},
 };
 
@@ -160,6 +160,23 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
     }
 
     let call_len = ret as u32;
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let nr: u64 = read_kernel(regs + REG_ORIG_AX as u64).unwrap_or(u64::MAX);
+    let arg1: u64 = read_kernel(regs + REG_SI as u64).unwrap_or(0);
+    let arg2: u64 = read_kernel(regs + REG_DX as u64).unwrap_or(0);
+    // The first user buffer of the call, to spot a request line.
+    let first = match nr {
+        SYS_READ | SYS_WRITE | SYS_SENDTO | SYS_RECVFROM => arg1,
+        SYS_READV | SYS_WRITEV => unsafe { bpf_probe_read_user(arg1 as *const u64) }.unwrap_or(0),
+        SYS_SENDMSG | SYS_RECVMSG => {
+            let iov = unsafe { bpf_probe_read_user((arg1 + 16) as *const u64) }.unwrap_or(0);
+            unsafe { bpf_probe_read_user(iov as *const u64) }.unwrap_or(0)
+        }
+        _ => 0,
+    };
+    if first != 0 {
+        promote_post(sk, first);
+    }
     let Some(limit) = admit(sk, call_len) else {
         return;
     };
@@ -168,10 +185,6 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
         return;
     }
 
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
-    let nr: u64 = read_kernel(regs + REG_ORIG_AX as u64).unwrap_or(u64::MAX);
-    let arg1: u64 = read_kernel(regs + REG_SI as u64).unwrap_or(0);
-    let arg2: u64 = read_kernel(regs + REG_DX as u64).unwrap_or(0);
     let sent = match nr {
         SYS_READ | SYS_WRITE | SYS_SENDTO | SYS_RECVFROM => direct(arg1, limit),
         SYS_READV | SYS_WRITEV => iovec(arg1, arg2, limit),

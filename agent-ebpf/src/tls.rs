@@ -11,7 +11,7 @@ use tokenscope_common::{
 };
 
 use crate::{
-    emit::{admit, begin, direct, lost_from},
+    emit::{admit, begin, direct, lost_from, promote_post},
     maps::{agent_tgid, count, SSL_ACTIVE},
 };
 
@@ -114,6 +114,7 @@ fn leave(ctx: &RetProbeContext, ex: bool) {
     } else {
         moved as u32
     };
+    promote_post(call.ssl, call.buf);
     let Some(limit) = admit(call.ssl, call_len) else {
         return;
     };

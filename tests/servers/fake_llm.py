@@ -82,10 +82,12 @@ class Handler(BaseHTTPRequestHandler):
             "prompt_tokens_details": {"cached_tokens": 4},
         }
         if not body.get("stream"):
+            # "big-response" answers with 2 MiB of content before the usage.
+            content = "x" * (2 << 20) if model == "big-response" else "".join(WORDS)
             return self._json(200, {
                 "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": model + "-2025-01-01",
                 "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": "".join(WORDS)}}],
+                             "message": {"role": "assistant", "content": content}}],
                 "usage": usage,
             })
         include = (body.get("stream_options") or {}).get("include_usage")

@@ -111,6 +111,32 @@ fn plain_http_calls_are_decoded_on_both_sides_and_attributed() {
     assert_eq!(limited["error_type"], "rate_limited");
     assert_eq!(limited["retry_after_s"], 3.0);
 
+    // A 200 KiB prompt whose `model` comes after the messages, on a new
+    // connection: the whole first call is captured before classification.
+    let dir = TempDir::new("big");
+    let big = dir.path().join("prompt.json");
+    let prompt = "word ".repeat(40 * 1024);
+    std::fs::write(
+        &big,
+        format!(r#"{{"messages":[{{"role":"user","content":"{prompt}"}}],"model":"gpt-4o"}}"#),
+    )
+    .expect("prompt file");
+    let (pid, _) = curl(&["--data-binary", &format!("@{}", big.display()), &url]);
+    let r = one(&agent, "200 KiB request", pid, "client");
+    assert_eq!(r["request_model"], "gpt-4o", "{r:#}");
+    assert_usage(&r, 21, 7);
+
+    // A 2 MiB response: usage comes after the content.
+    let body = r#"{"model":"big-response","messages":[]}"#;
+    let (pid, text) = curl(&["-d", body, &url]);
+    assert!(text.len() > 2 << 20);
+    let r = one(&agent, "2 MiB response", pid, "client");
+    assert_usage(&r, 21, 7);
+    assert!(
+        r["bytes_received"].as_u64().unwrap_or(0) >= 2 << 20,
+        "{r:#}"
+    );
+
     // Traffic that is not an LLM call leaves no record.
     let (pid, _) = curl(&[&format!("{}/healthz", server.base())]);
     std::thread::sleep(std::time::Duration::from_secs(1));

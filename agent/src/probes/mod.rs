@@ -147,8 +147,12 @@ impl Probes {
             },
             _pad: [0; 7],
         };
-        // A failed update only costs captured bytes; the connection is still parsed.
-        let _ = self.verdicts.insert(conn_id, state, 0);
+        // Only while the kernel still tracks the connection (BPF_EXIST): a
+        // verdict landing after the close would otherwise stick to the next
+        // socket allocated at the same address. A failed update only costs
+        // captured bytes; the connection is still parsed.
+        const BPF_EXIST: u64 = 2;
+        let _ = self.verdicts.insert(conn_id, state, BPF_EXIST);
     }
 
     /// Forgets a connection's verdict (the id may be reused).

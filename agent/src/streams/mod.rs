@@ -299,7 +299,11 @@ impl StreamTable {
                 out.calls.push((conn.meta.clone(), call));
             }
         }
-        out.forget.push(conn_id);
+        // The kernel forgets a socket itself when it closes; an SSL object has
+        // no close it can see, and its address is soon reused by the next one.
+        if conn.meta.tls {
+            out.forget.push(conn_id);
+        }
     }
 }
 
