@@ -7,6 +7,7 @@
 pub mod attribution;
 pub mod config;
 pub mod daemon;
+pub mod doctor;
 pub mod events;
 pub mod export;
 pub mod gpu;

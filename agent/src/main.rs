@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use tokenscope::{
     config::{Config, Overrides},
+    doctor::{self, DoctorArgs},
     report::{self, ReportArgs},
 };
 
@@ -23,6 +24,8 @@ enum Command {
     Run(Overrides),
     /// Report what each team pays, from the agent's JSON Lines events.
     Report(ReportArgs),
+    /// Check whether capture can work on this node, by trying each step.
+    Doctor(DoctorArgs),
 }
 
 fn init_tracing(level: &str) {
@@ -49,6 +52,18 @@ fn main() -> anyhow::Result<()> {
         Command::Report(args) => {
             let pricer = args.pricer()?;
             print!("{}", report::run(&args, &pricer)?);
+            Ok(())
+        }
+        Command::Doctor(args) => {
+            let report = doctor::run(&args)?;
+            if args.json {
+                println!("{}", report.render_json());
+            } else {
+                print!("{}", report.render_text());
+            }
+            if !report.capture_possible() {
+                std::process::exit(1);
+            }
             Ok(())
         }
     }
