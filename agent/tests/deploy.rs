@@ -336,6 +336,11 @@ fn config_of(configmap: &ConfigMap) -> toml::Table {
             "[{section}] missing"
         );
     }
+    // The agent's own loader accepts it: no unknown key, no bad value.
+    tokenscope::config::Config::from_toml(text)
+        .unwrap_or_else(|e| panic!("the agent rejects the ConfigMap's config: {e}"))
+        .validate()
+        .unwrap_or_else(|e| panic!("the agent rejects the ConfigMap's config: {e}"));
     table
 }
 
