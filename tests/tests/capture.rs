@@ -36,6 +36,21 @@ fn one(agent: &Agent, what: &str, pid: u32, side: &str) -> Value {
     mine[0].clone()
 }
 
+/// A TCP sink on 127.0.0.1:47123 that reads until the peer closes.
+const SINK: &str = "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1', 47123)); s.listen(1)\nc,_=s.accept()\nwhile c.recv(65536): pass\n";
+/// Sends 50 lines of 1 KiB that are not HTTP over one connection.
+const SENDER: &str = "import socket, time\nc=socket.create_connection(('127.0.0.1', 47123))\nfor i in range(50):\n    c.sendall(b'x' * 1023 + b'\\n'); time.sleep(0.01)\nc.close()\n";
+
+fn kernel_counter(agent: &Agent, name: &str) -> u64 {
+    let metrics = agent.get("/metrics");
+    let prefix = format!("tokenscope_capture_kernel_total{{counter=\"{name}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} counter in /metrics"))
+}
+
 fn assert_usage(r: &Value, input: u64, output: u64) {
     assert_eq!(r["usage"]["input_tokens"], input, "{r:#}");
     assert_eq!(r["usage"]["output_tokens"], output, "{r:#}");
@@ -141,6 +156,28 @@ fn plain_http_calls_are_decoded_on_both_sides_and_attributed() {
     let (pid, _) = curl(&[&format!("{}/healthz", server.base())]);
     std::thread::sleep(std::time::Duration::from_secs(1));
     assert!(by_pid(&agent.records(), pid, "client").is_empty());
+
+    // A connection that is not HTTP is muted in the kernel after its first
+    // chunk: its later calls are counted as muted and never reach user space.
+    let muted_before = kernel_counter(&agent, "muted");
+    let sink = Command::new("python3")
+        .args(["-c", SINK])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sink");
+    let sink = Guard(sink);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let sender = Command::new("python3")
+        .args(["-c", SENDER])
+        .status()
+        .expect("sender");
+    assert!(sender.success());
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let muted = kernel_counter(&agent, "muted") - muted_before;
+    assert!(muted >= 40, "only {muted} muted socket calls for 50 sends");
+    let records = agent.records();
+    assert!(by_pid(&records, sink.0.id(), "server").is_empty());
+    drop(sink);
 
     // Secrets never leave the agent, in any output.
     let events = std::fs::read_to_string(&agent.events).expect("events");
