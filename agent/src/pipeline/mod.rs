@@ -7,7 +7,7 @@ pub mod gpu;
 use crate::{
     attribution::{attribute, k8s::PodCache, k8s::PodMeta, ProcessTable},
     pricing::{CallPrice, Pricer},
-    record::{Attribution, CallRecord, LlmCall},
+    record::{Attribution, CallRecord, LlmCall, Side},
     streams::ConnMeta,
 };
 
@@ -59,9 +59,22 @@ impl Enricher {
     pub fn enrich(&self, meta: &ConnMeta, call: LlmCall, procs: &mut ProcessTable) -> CallRecord {
         let info = procs.lookup(meta.pid, &meta.comm, meta.cgroup_id);
         let mut attribution = attribute(info, meta.pid, &meta.comm, self.node.as_deref());
-        if let (Some(pods), Some(uid)) = (&self.pods, attribution.pod_uid.as_deref()) {
-            if let Some(pod) = pods.by_uid(uid) {
+        if let Some(pods) = &self.pods {
+            if let Some(pod) = attribution
+                .pod_uid
+                .as_deref()
+                .and_then(|uid| pods.by_uid(uid))
+            {
                 apply_pod(&mut attribution, pod);
+            }
+            // A call this node served is charged to the team of the pod that made it.
+            if meta.side == Side::Server {
+                let caller = meta
+                    .endpoints
+                    .and_then(|e| pods.by_ip(&e.remote.ip().to_string()));
+                if let Some(team) = caller.and_then(|pod| pod.team) {
+                    attribution.team = Some(team);
+                }
             }
         }
         let cost_usd = match self.pricer.price_call(meta.side, &call) {
@@ -96,6 +109,88 @@ pub fn apply_pod(a: &mut Attribution, pod: PodMeta) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        events::Endpoints,
+        record::{Api, Provider, Usage},
+    };
+
+    const PODS: &str = include_str!("../../../tests/fixtures/k8s/pods.json");
+
+    fn served_call() -> LlmCall {
+        LlmCall {
+            provider: Provider::OpenaiCompatible,
+            api: Api::ChatCompletions,
+            host: None,
+            path: "/v1/chat/completions".into(),
+            request_model: Some("llama".into()),
+            response_model: None,
+            streaming: false,
+            status: Some(200),
+            error_type: None,
+            usage: Usage::default(),
+            finish_reason: None,
+            retry_after_s: None,
+            start_ns: 1_000,
+            request_end_ns: 1_000,
+            response_start_ns: None,
+            first_token_ns: None,
+            end_ns: 2_001_000,
+            output_chunks: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+        }
+    }
+
+    #[test]
+    fn a_served_call_is_charged_to_the_calling_pods_team() {
+        let pods = PodCache::new("team");
+        let list: serde_json::Value = serde_json::from_str(PODS).unwrap();
+        for item in list["items"].as_array().unwrap() {
+            pods.apply_pod(serde_json::from_value(item.clone()).unwrap());
+        }
+        let enricher = Enricher {
+            clock: WallClock::fixed(0),
+            node: Some("node-a".into()),
+            pricer: Pricer::builtin(),
+            pods: Some(pods),
+        };
+        let meta = |side, remote: &str| ConnMeta {
+            conn_id: 1,
+            pid: std::process::id(),
+            comm: "vllm".into(),
+            cgroup_id: 0,
+            side,
+            tls: false,
+            endpoints: Some(Endpoints {
+                local: "10.244.1.31:8000".parse().unwrap(),
+                remote: remote.parse().unwrap(),
+            }),
+            authority: None,
+        };
+        let mut procs = ProcessTable::new("/proc", 0, 10);
+        // embed-nightly (team nlp) at 10.244.1.23 calls the server.
+        let r = enricher.enrich(
+            &meta(Side::Server, "10.244.1.23:40000"),
+            served_call(),
+            &mut procs,
+        );
+        assert_eq!(r.attribution.team.as_deref(), Some("nlp"));
+        assert_eq!(r.duration_s, 0.002);
+        assert_eq!(r.cost_usd, None, "self-hosted: no token price");
+        // An unknown caller leaves the team alone; a client call is never re-charged.
+        let r = enricher.enrich(
+            &meta(Side::Server, "10.9.9.9:40000"),
+            served_call(),
+            &mut procs,
+        );
+        assert_eq!(r.attribution.team, None);
+        let r = enricher.enrich(
+            &meta(Side::Client, "10.244.1.23:8000"),
+            served_call(),
+            &mut procs,
+        );
+        assert_eq!(r.attribution.team, None);
+    }
 
     #[test]
     fn wall_clock_maps_monotonic_time_to_now() {
