@@ -159,3 +159,36 @@ pub struct CallRecord {
     pub cost_usd: Option<f64>,
     pub gpu: Option<GpuShare>,
 }
+
+#[cfg(test)]
+impl LlmCall {
+    /// A plain served chat call with the given usage, for tests.
+    pub(crate) fn served_chat(input: u64, output: u64, start_ns: u64, end_ns: u64) -> LlmCall {
+        LlmCall {
+            provider: Provider::OpenaiCompatible,
+            api: Api::ChatCompletions,
+            host: None,
+            path: "/v1/chat/completions".into(),
+            request_model: Some("llama".into()),
+            response_model: None,
+            streaming: false,
+            status: Some(200),
+            error_type: None,
+            usage: Usage {
+                input_tokens: Some(input),
+                output_tokens: Some(output),
+                ..Usage::default()
+            },
+            finish_reason: None,
+            retry_after_s: None,
+            start_ns,
+            request_end_ns: start_ns,
+            response_start_ns: None,
+            first_token_ns: None,
+            end_ns,
+            output_chunks: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+        }
+    }
+}

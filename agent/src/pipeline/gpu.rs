@@ -194,39 +194,11 @@ impl GpuStage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        gpu::ReplaySource,
-        record::{Api, LlmCall, Provider, Usage},
-    };
+    use crate::{gpu::ReplaySource, record::LlmCall};
 
     fn served(pid: u32, input: u64, output: u64) -> CallRecord {
         CallRecord {
-            call: LlmCall {
-                provider: Provider::OpenaiCompatible,
-                api: Api::ChatCompletions,
-                host: None,
-                path: "/v1/chat/completions".into(),
-                request_model: Some("llama".into()),
-                response_model: None,
-                streaming: false,
-                status: Some(200),
-                error_type: None,
-                usage: Usage {
-                    input_tokens: Some(input),
-                    output_tokens: Some(output),
-                    ..Usage::default()
-                },
-                finish_reason: None,
-                retry_after_s: None,
-                start_ns: 0,
-                request_end_ns: 0,
-                response_start_ns: None,
-                first_token_ns: None,
-                end_ns: 0,
-                output_chunks: 0,
-                bytes_sent: 0,
-                bytes_received: 0,
-            },
+            call: LlmCall::served_chat(input, output, 0, 0),
             side: Side::Server,
             time_unix_nano: 0,
             duration_s: 0.0,

@@ -109,36 +109,12 @@ pub fn apply_pod(a: &mut Attribution, pod: PodMeta) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        events::Endpoints,
-        record::{Api, Provider, Usage},
-    };
+    use crate::events::Endpoints;
 
     const PODS: &str = include_str!("../../../tests/fixtures/k8s/pods.json");
 
     fn served_call() -> LlmCall {
-        LlmCall {
-            provider: Provider::OpenaiCompatible,
-            api: Api::ChatCompletions,
-            host: None,
-            path: "/v1/chat/completions".into(),
-            request_model: Some("llama".into()),
-            response_model: None,
-            streaming: false,
-            status: Some(200),
-            error_type: None,
-            usage: Usage::default(),
-            finish_reason: None,
-            retry_after_s: None,
-            start_ns: 1_000,
-            request_end_ns: 1_000,
-            response_start_ns: None,
-            first_token_ns: None,
-            end_ns: 2_001_000,
-            output_chunks: 0,
-            bytes_sent: 0,
-            bytes_received: 0,
-        }
+        LlmCall::served_chat(0, 0, 1_000, 2_001_000)
     }
 
     #[test]
