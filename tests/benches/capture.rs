@@ -14,6 +14,11 @@
 //! workload; the setting is restored on exit. Stats add two clock reads per
 //! program run, which the on figures include.
 //!
+//! After each on-block the bench waits for the agent to drain its backlog and
+//! prints how many of the POSTs it decoded (two calls each, one per end) with
+//! its drop counters: at a few thousand POSTs/s the agent's ring buffer can
+//! fill, which the wall-clock figures alone would not show.
+//!
 //! Needs root and kernel BTF (it loads the probes) and the debug agent binary
 //! that `tokenscope_tests::Agent` starts:
 //!
@@ -272,8 +277,10 @@ struct Bench {
 }
 
 impl Bench {
-    fn block(&self, c: &mut Criterion, round: usize, agent: Option<&Agent>) {
+    /// Runs every workload once; returns how many HTTP POSTs were made.
+    fn block(&self, c: &mut Criterion, round: usize, agent: Option<&Agent>) -> u64 {
         let on = agent.is_some();
+        let mut http_posts = 0;
         let state = if on { "on" } else { "off" };
         let mut clients = Clients {
             tcp: TcpClient::connect(self.echo_port),
@@ -333,7 +340,11 @@ impl Bench {
                 let deltas = program_deltas(&ours, &before, &bpf_programs());
                 print_program_table(workload, round, *ops.lock().expect("ops"), &deltas);
             }
+            if workload == Workload::HttpPost {
+                http_posts = *ops.lock().expect("ops");
+            }
         }
+        http_posts
     }
 }
 
@@ -386,6 +397,50 @@ fn print_program_table(
         total.run_time_ns as f64 / total.run_cnt.max(1) as f64,
         total.run_time_ns as f64 / ops.max(1) as f64
     );
+}
+
+fn llm_calls_total(agent: &Agent) -> u64 {
+    agent
+        .get("/metrics")
+        .lines()
+        .filter(|l| l.starts_with("tokenscope_llm_calls_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Whether the agent kept up: every POST is one call on each end. Waits for
+/// the agent to drain its backlog before counting.
+fn report_agent(agent: &Agent, http_posts: u64) {
+    let at_end = llm_calls_total(agent);
+    let started = Instant::now();
+    let mut calls = at_end;
+    while started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = llm_calls_total(agent);
+        if now == calls {
+            break;
+        }
+        calls = now;
+    }
+    println!(
+        "agent decoded {calls} of {} calls ({http_posts} POSTs, both ends); {at_end} when the \
+         block ended, the rest {:.1} s later",
+        2 * http_posts,
+        started.elapsed().as_secs_f64()
+    );
+    let metrics = agent.get("/metrics");
+    for line in metrics.lines().filter(|l| {
+        [
+            "tokenscope_capture_dropped_total",
+            "tokenscope_capture_kernel_total{counter=\"ringbuf_full\"}",
+            "tokenscope_streams_total",
+            "tokenscope_process_cpu_seconds",
+        ]
+        .iter()
+        .any(|p| l.starts_with(p))
+    }) {
+        println!("  {line}");
+    }
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -459,25 +514,8 @@ fn main() {
         let started = Instant::now();
         let agent = Agent::start(&[]);
         eprintln!("agent ready in {:.1} s", started.elapsed().as_secs_f64());
-        bench.block(&mut c, round, Some(&agent));
-        let calls = agent
-            .records()
-            .iter()
-            .filter(|r| r["path"] == "/v1/chat/completions")
-            .count();
-        println!("agent recorded {calls} chat calls in round {round} (both ends; the rest is backlog or dropped):");
-        let metrics = agent.get("/metrics");
-        for line in metrics.lines().filter(|l| {
-            [
-                "tokenscope_capture_",
-                "tokenscope_llm_calls_total",
-                "tokenscope_process_cpu_seconds",
-            ]
-            .iter()
-            .any(|p| l.starts_with(p))
-        }) {
-            println!("  {line}");
-        }
+        let http_posts = bench.block(&mut c, round, Some(&agent));
+        report_agent(&agent, http_posts);
         drop(agent);
     }
     print_ratios(&bench.samples);
