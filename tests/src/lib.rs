@@ -174,7 +174,7 @@ impl Agent {
 
     /// Waits until `pred` holds over the records, or panics with what was seen.
     pub fn wait_records(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(40);
         loop {
             let records = self.records();
             if pred(&records) {
