@@ -138,11 +138,18 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
     if ret <= 0 {
         return;
     }
+    let sk: u64 = ctx.arg(0);
+    // Muted connections first: after the verdict they cost this one lookup.
+    if let Some(state) = unsafe { CONN_STATE.get(&sk) } {
+        if state.verdict == VERDICT_MUTED {
+            count(Counter::Muted, 1);
+            return;
+        }
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == agent_tgid() {
         return;
     }
-    let sk: u64 = ctx.arg(0);
     let off = offsets();
     let family: u16 = read_kernel(sk + off.sk_family as u64).unwrap_or(0);
     if family != AF_INET && family != AF_INET6 {
