@@ -125,6 +125,16 @@ fn main() -> Result<()> {
         Task::Bench { args } => {
             setup::toolchain()?;
             setup::test_env()?;
+            // The capture bench runs the agent binary.
+            run_cmd(
+                Command::new("cargo").current_dir(&root).args([
+                    "build",
+                    "-p",
+                    "tokenscope",
+                    "--bins",
+                ]),
+                "building the agent",
+            )?;
             run_cmd(
                 Command::new("cargo")
                     .current_dir(&root)
