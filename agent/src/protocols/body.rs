@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use bytes::Bytes;
 use thiserror::Error;
 
-use super::Limits;
+use super::{AbortReason, Limits, ParseStats};
 
 /// Why a body stopped being decoded.
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +19,26 @@ pub enum BodyError {
     Bomb,
     #[error("compressed body is not valid for its content-encoding")]
     Corrupt,
+}
+
+impl BodyError {
+    /// Counts the failure in `stats` and gives the reason the message is aborted with.
+    pub fn count(self, stats: &mut ParseStats) -> AbortReason {
+        match self {
+            BodyError::TooLarge => {
+                stats.too_large += 1;
+                AbortReason::TooLarge
+            }
+            BodyError::Bomb => {
+                stats.decompression_bombs += 1;
+                AbortReason::TooLarge
+            }
+            BodyError::Corrupt => {
+                stats.malformed += 1;
+                AbortReason::Malformed
+            }
+        }
+    }
 }
 
 /// A `content-encoding` token we do not decode.

@@ -682,20 +682,7 @@ fn fail_body(
     stats: &mut ParseStats,
     out: &mut Vec<HttpEvent>,
 ) {
-    let reason = match e {
-        BodyError::TooLarge => {
-            stats.too_large += 1;
-            AbortReason::TooLarge
-        }
-        BodyError::Bomb => {
-            stats.decompression_bombs += 1;
-            AbortReason::TooLarge
-        }
-        BodyError::Corrupt => {
-            stats.malformed += 1;
-            AbortReason::Malformed
-        }
-    };
+    let reason = e.count(stats);
     body.decoder = None;
     body.reported = false;
     abort(body.stream, reason, ts_ns, stats, out);

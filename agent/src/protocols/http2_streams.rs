@@ -226,20 +226,7 @@ impl Http2Parser {
         stats: &mut ParseStats,
         out: &mut Vec<HttpEvent>,
     ) {
-        let reason = match e {
-            BodyError::TooLarge => {
-                stats.too_large += 1;
-                AbortReason::TooLarge
-            }
-            BodyError::Bomb => {
-                stats.decompression_bombs += 1;
-                AbortReason::TooLarge
-            }
-            BodyError::Corrupt => {
-                stats.malformed += 1;
-                AbortReason::Malformed
-            }
-        };
+        let reason = e.count(stats);
         self.streams.remove(&id);
         abort(u64::from(id), reason, ts_ns, stats, out);
     }
