@@ -213,34 +213,29 @@ pub fn iovec(iov: u64, iovcnt: u64, limit: u32) -> u32 {
     sent as u32
 }
 
-/// A connection whose first call starts with `POST ` is taken in full from
-/// the start: LLM requests are POSTs, often bigger than the first window, and
-/// user space mutes the ones that turn out not to be LLM calls.
+/// Whether the user buffer at `src` starts with `POST `. A connection whose
+/// first call does is taken in full from the start: LLM requests are POSTs,
+/// often bigger than the first window, and user space mutes the ones that turn
+/// out not to be LLM calls.
 #[inline(always)]
-pub fn promote_post(conn_id: u64, src: u64) {
-    if unsafe { CONN_STATE.get(&conn_id) }.is_some() {
-        return;
-    }
-    let Ok(word) = (unsafe { bpf_probe_read_user(src as *const [u8; 5]) }) else {
-        return;
-    };
-    if word == *b"POST " {
-        let state = ConnState {
-            window_used: 0,
-            verdict: VERDICT_CAPTURE,
-            _pad: [0; 7],
-        };
-        let _ = CONN_STATE.insert(&conn_id, &state, 0);
-    }
+pub fn starts_with_post(src: u64) -> bool {
+    src != 0 && unsafe { bpf_probe_read_user(src as *const [u8; 5]) } == Ok(*b"POST ")
 }
 
 /// Applies the connection's verdict and first window to a call of `call_len`
 /// bytes; returns how many bytes to capture, or `None` to capture nothing.
 /// An unclassified connection costs at most its window plus one call.
+/// `state` is the connection's entry as the caller looked it up (one lookup
+/// per call); `opens_with_post` is only looked at for a new connection.
 #[inline(always)]
-pub fn admit(conn_id: u64, call_len: u32) -> Option<u32> {
+pub fn admit(
+    conn_id: u64,
+    call_len: u32,
+    state: Option<*mut ConnState>,
+    opens_with_post: bool,
+) -> Option<u32> {
     let mut limit = call_len;
-    match CONN_STATE.get_ptr_mut(&conn_id) {
+    match state {
         Some(state) => unsafe {
             if (*state).verdict == VERDICT_MUTED {
                 count(Counter::Muted, 1);
@@ -261,7 +256,11 @@ pub fn admit(conn_id: u64, call_len: u32) -> Option<u32> {
         None => {
             let state = ConnState {
                 window_used: limit as u64,
-                verdict: VERDICT_UNKNOWN,
+                verdict: if opens_with_post {
+                    VERDICT_CAPTURE
+                } else {
+                    VERDICT_UNKNOWN
+                },
                 _pad: [0; 7],
             };
             let _ = CONN_STATE.insert(&conn_id, &state, 0);

@@ -16,7 +16,7 @@ use tokenscope_common::{
 };
 
 use crate::{
-    emit::{admit, begin, direct, iovec, lost_from, promote_post},
+    emit::{admit, begin, direct, iovec, lost_from, starts_with_post},
     maps::{agent_tgid, count, offsets, CONN_STATE, EVENTS, SSL_ACTIVE, TLS_LINKED},
 };
 
@@ -140,8 +140,9 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
     }
     let sk: u64 = ctx.arg(0);
     // Muted connections first: after the verdict they cost this one lookup.
-    if let Some(state) = unsafe { CONN_STATE.get(&sk) } {
-        if state.verdict == VERDICT_MUTED {
+    let state = CONN_STATE.get_ptr_mut(&sk);
+    if let Some(state) = state {
+        if unsafe { (*state).verdict } == VERDICT_MUTED {
             count(Counter::Muted, 1);
             return;
         }
@@ -171,20 +172,20 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
     let nr: u64 = read_kernel(regs + REG_ORIG_AX as u64).unwrap_or(u64::MAX);
     let arg1: u64 = read_kernel(regs + REG_SI as u64).unwrap_or(0);
     let arg2: u64 = read_kernel(regs + REG_DX as u64).unwrap_or(0);
-    // The first user buffer of the call, to spot a request line.
-    let first = match nr {
-        SYS_READ | SYS_WRITE | SYS_SENDTO | SYS_RECVFROM => arg1,
-        SYS_READV | SYS_WRITEV => unsafe { bpf_probe_read_user(arg1 as *const u64) }.unwrap_or(0),
-        SYS_SENDMSG | SYS_RECVMSG => {
-            let iov = unsafe { bpf_probe_read_user((arg1 + 16) as *const u64) }.unwrap_or(0);
-            unsafe { bpf_probe_read_user(iov as *const u64) }.unwrap_or(0)
-        }
-        _ => 0,
-    };
-    if first != 0 {
-        promote_post(sk, first);
-    }
-    let Some(limit) = admit(sk, call_len) else {
+    // A new connection's first user buffer, to spot a request line.
+    let opens_with_post = state.is_none()
+        && starts_with_post(match nr {
+            SYS_READ | SYS_WRITE | SYS_SENDTO | SYS_RECVFROM => arg1,
+            SYS_READV | SYS_WRITEV => {
+                unsafe { bpf_probe_read_user(arg1 as *const u64) }.unwrap_or(0)
+            }
+            SYS_SENDMSG | SYS_RECVMSG => {
+                let iov = unsafe { bpf_probe_read_user((arg1 + 16) as *const u64) }.unwrap_or(0);
+                unsafe { bpf_probe_read_user(iov as *const u64) }.unwrap_or(0)
+            }
+            _ => 0,
+        });
+    let Some(limit) = admit(sk, call_len, state, opens_with_post) else {
         return;
     };
 

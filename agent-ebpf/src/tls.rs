@@ -11,8 +11,8 @@ use tokenscope_common::{
 };
 
 use crate::{
-    emit::{admit, begin, direct, lost_from, promote_post},
-    maps::{agent_tgid, count, SSL_ACTIVE},
+    emit::{admit, begin, direct, lost_from, starts_with_post},
+    maps::{agent_tgid, count, CONN_STATE, SSL_ACTIVE},
 };
 
 #[uprobe]
@@ -114,8 +114,9 @@ fn leave(ctx: &RetProbeContext, ex: bool) {
     } else {
         moved as u32
     };
-    promote_post(call.ssl, call.buf);
-    let Some(limit) = admit(call.ssl, call_len) else {
+    let state = CONN_STATE.get_ptr_mut(&call.ssl);
+    let opens_with_post = state.is_none() && starts_with_post(call.buf);
+    let Some(limit) = admit(call.ssl, call_len, state, opens_with_post) else {
         return;
     };
     if !begin(call.ssl, call.dir, SOURCE_TLS, call_len, |t| {
