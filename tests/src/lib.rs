@@ -13,6 +13,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod kube;
+
 /// The end-to-end tests watch the whole node: run them one at a time.
 pub static SERIAL: Mutex<()> = Mutex::new(());
 
