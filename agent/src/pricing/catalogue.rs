@@ -23,8 +23,6 @@ pub struct ModelPrice {
     pub aliases: Vec<String>,
     /// `YYYY-MM-DD` from which the price applies, when the catalogue says.
     pub effective: Option<String>,
-    /// A cheaper model of the same provider for small calls (right-sizing advice).
-    pub smaller: Option<String>,
     pub input: u64,
     pub output: u64,
     pub cache_read: u64,
@@ -43,7 +41,56 @@ struct TomlModel {
     #[serde(default)]
     aliases: Vec<String>,
     effective: Option<String>,
+    /// Read and ignored: right-sizing takes candidates from the tier catalogue now.
+    #[expect(
+        dead_code,
+        reason = "accepted so that older catalogues still load; tiers replaced it"
+    )]
     smaller: Option<String>,
+}
+
+/// The price of one GPU model, USD per GPU-hour.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GpuPrice {
+    /// The name as NVML reports it (`NVIDIA H100 80GB HBM3`).
+    pub name: String,
+    /// Other names of the same GPU, matched like `name`.
+    pub aliases: Vec<String>,
+    pub usd_per_hour: f64,
+    /// Where the price was taken from, as the catalogue says.
+    pub source: Option<String>,
+    /// `YYYY-MM-DD` the price was taken on.
+    pub taken: Option<String>,
+}
+
+/// Everything one catalogue file gives.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Catalogue {
+    pub models: Vec<ModelPrice>,
+    pub gpus: Vec<GpuPrice>,
+    /// USD per GPU-hour for a GPU that no entry names (`[gpu_default]`).
+    pub gpu_default_usd_per_hour: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlGpu {
+    usd_per_hour: f64,
+    #[serde(default)]
+    aliases: Vec<String>,
+    source: Option<String>,
+    taken: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlGpuDefault {
+    usd_per_hour: f64,
+    #[expect(
+        dead_code,
+        reason = "read so that deny_unknown_fields accepts it; informational only"
+    )]
+    source: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,14 +104,65 @@ struct TomlCatalogue {
     taken: Option<String>,
     #[serde(default)]
     models: BTreeMap<String, TomlModel>,
+    #[serde(default)]
+    gpu: BTreeMap<String, TomlGpu>,
+    gpu_default: Option<TomlGpuDefault>,
 }
 
-/// Parses a Tokenscope TOML catalogue. `origin` names it in errors.
+/// The catalogue key of a GPU name: trimmed, lower-cased, inner whitespace collapsed.
+pub fn gpu_key(name: &str) -> String {
+    name.split_whitespace()
+        .map(str::to_ascii_lowercase)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn gpu_usd(name: &str, usd: f64) -> Result<f64, PricingError> {
+    if usd.is_finite() && usd >= 0.0 {
+        Ok(usd)
+    } else {
+        Err(PricingError::BadPrice {
+            model: name.to_owned(),
+            field: "usd_per_hour",
+            value: usd,
+        })
+    }
+}
+
+/// Parses the models of a Tokenscope TOML catalogue. `origin` names it in errors.
 pub fn parse_toml(text: &str, origin: &Path) -> Result<Vec<ModelPrice>, PricingError> {
+    parse_catalogue(text, origin).map(|c| c.models)
+}
+
+/// Parses a Tokenscope TOML catalogue: models, GPU prices and the GPU default.
+pub fn parse_catalogue(text: &str, origin: &Path) -> Result<Catalogue, PricingError> {
     let catalogue: TomlCatalogue = toml::from_str(text).map_err(|source| PricingError::Toml {
         path: origin.to_path_buf(),
         source: Box::new(source),
     })?;
+    let mut gpus = Vec::with_capacity(catalogue.gpu.len());
+    for (name, gpu) in catalogue.gpu {
+        if let Some(date) = &gpu.taken {
+            if !is_iso_date(date) {
+                return Err(PricingError::BadDate {
+                    path: origin.to_path_buf(),
+                    model: name,
+                    value: date.clone(),
+                });
+            }
+        }
+        gpus.push(GpuPrice {
+            usd_per_hour: gpu_usd(&name, gpu.usd_per_hour)?,
+            aliases: gpu.aliases,
+            source: gpu.source,
+            taken: gpu.taken,
+            name,
+        });
+    }
+    let gpu_default_usd_per_hour = catalogue
+        .gpu_default
+        .map(|d| gpu_usd("gpu_default", d.usd_per_hour))
+        .transpose()?;
     let mut out = Vec::with_capacity(catalogue.models.len());
     for (name, model) in catalogue.models {
         let name = name.trim().to_ascii_lowercase();
@@ -96,7 +194,6 @@ pub fn parse_toml(text: &str, origin: &Path) -> Result<Vec<ModelPrice>, PricingE
                 .collect(),
             provider: model.provider.map(|p| p.to_ascii_lowercase()),
             effective: model.effective,
-            smaller: model.smaller.map(|m| m.trim().to_ascii_lowercase()),
             name,
             input,
             output,
@@ -104,7 +201,11 @@ pub fn parse_toml(text: &str, origin: &Path) -> Result<Vec<ModelPrice>, PricingE
             cache_write,
         });
     }
-    Ok(out)
+    Ok(Catalogue {
+        models: out,
+        gpus,
+        gpu_default_usd_per_hour,
+    })
 }
 
 /// What importing a LiteLLM file gave.
@@ -159,7 +260,6 @@ fn litellm_entry(name: &str, entry: &serde_json::Value) -> Option<ModelPrice> {
         provider,
         aliases: Vec::new(),
         effective: None,
-        smaller: None,
         input,
         output,
         cache_read,
@@ -202,7 +302,7 @@ fn is_iso_date(s: &str) -> bool {
 }
 
 /// Reads one catalogue file: `.json` is LiteLLM's format, anything else Tokenscope TOML.
-pub fn read_file(path: &PathBuf) -> Result<Vec<ModelPrice>, PricingError> {
+pub fn read_file(path: &PathBuf) -> Result<Catalogue, PricingError> {
     let text = std::fs::read_to_string(path).map_err(|source| PricingError::Io {
         path: path.clone(),
         source,
@@ -218,8 +318,11 @@ pub fn read_file(path: &PathBuf) -> Result<Vec<ModelPrice>, PricingError> {
             skipped = import.skipped,
             "pricing.litellm_imported"
         );
-        Ok(import.models)
+        Ok(Catalogue {
+            models: import.models,
+            ..Catalogue::default()
+        })
     } else {
-        parse_toml(&text, path)
+        parse_catalogue(&text, path)
     }
 }

@@ -8,18 +8,34 @@ mod catalogue;
 mod matching;
 #[cfg(test)]
 mod tests;
+pub mod tiers;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use catalogue::{parse_litellm, parse_toml, LitellmImport, ModelPrice, PICODOLLARS_PER_USD};
+pub use catalogue::{
+    gpu_key, parse_catalogue, parse_litellm, parse_toml, Catalogue, GpuPrice, LitellmImport,
+    ModelPrice, PICODOLLARS_PER_USD,
+};
 
 use crate::record::{LlmCall, Provider, Side, Usage};
 use matching::KeyKind;
 
 /// The built-in catalogue (USD per 1M tokens; see the file for where the prices come from).
 pub const BUILTIN_TOML: &str = include_str!("../../../deploy/prices.toml");
+/// The built-in GPU prices (USD per GPU-hour; see the file for where they come from).
+pub const BUILTIN_GPU_TOML: &str = include_str!("gpu_prices.toml");
+
+fn builtin_catalogues() -> Result<Vec<Catalogue>, PricingError> {
+    Ok(vec![
+        parse_catalogue(BUILTIN_TOML, "deploy/prices.toml".as_ref())?,
+        parse_catalogue(
+            BUILTIN_GPU_TOML,
+            "agent/src/pricing/gpu_prices.toml".as_ref(),
+        )?,
+    ])
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PricingError {
@@ -107,31 +123,65 @@ pub struct Pricer {
     /// Lower-cased key -> (entry, how the key reaches it).
     index: HashMap<String, Vec<(usize, KeyKind)>>,
     unpriced: AtomicU64,
+    gpus: Vec<GpuPrice>,
+    /// `gpu_key` of a GPU name or alias -> index in `gpus`.
+    gpu_index: HashMap<String, usize>,
+    gpu_default_usd_per_hour: Option<f64>,
 }
 
 impl Pricer {
     /// The built-in catalogue alone.
     pub fn builtin() -> Pricer {
-        // The built-in file is checked by a unit test; should it ever fail to
+        // The built-in files are checked by a unit test; should one ever fail to
         // parse, pricing is off (everything unpriced) rather than the agent down.
-        let entries = match parse_toml(BUILTIN_TOML, "deploy/prices.toml".as_ref()) {
-            Ok(entries) => entries,
+        match builtin_catalogues() {
+            Ok(catalogues) => Pricer::from_catalogues(catalogues),
             Err(error) => {
                 tracing::error!(%error, "pricing.builtin_invalid");
-                Vec::new()
+                Pricer::from_entries([])
             }
-        };
-        Pricer::from_entries([entries])
+        }
     }
 
     /// The built-in catalogue overridden by each file in turn (TOML, or LiteLLM `.json`).
     pub fn from_files(paths: &[PathBuf]) -> Result<Pricer, PricingError> {
-        let builtin = parse_toml(BUILTIN_TOML, "deploy/prices.toml".as_ref())?;
-        let mut sources = vec![builtin];
+        let mut sources = builtin_catalogues()?;
         for path in paths {
             sources.push(catalogue::read_file(path)?);
         }
-        Ok(Pricer::from_entries(sources))
+        Ok(Pricer::from_catalogues(sources))
+    }
+
+    /// Later catalogues replace earlier model and GPU entries of the same name
+    /// and an earlier GPU default.
+    pub fn from_catalogues(catalogues: impl IntoIterator<Item = Catalogue>) -> Pricer {
+        let mut models = Vec::new();
+        let mut gpus: Vec<GpuPrice> = Vec::new();
+        let mut gpu_default = None;
+        for catalogue in catalogues {
+            models.push(catalogue.models);
+            for gpu in catalogue.gpus {
+                let key = gpu_key(&gpu.name);
+                gpus.retain(|g| gpu_key(&g.name) != key);
+                gpus.push(gpu);
+            }
+            gpu_default = catalogue.gpu_default_usd_per_hour.or(gpu_default);
+        }
+        let mut pricer = Pricer::from_entries(models);
+        let mut gpu_index = HashMap::new();
+        // Names first, then aliases, so that an alias never hides another GPU's name.
+        for (i, gpu) in gpus.iter().enumerate() {
+            gpu_index.insert(gpu_key(&gpu.name), i);
+        }
+        for (i, gpu) in gpus.iter().enumerate() {
+            for alias in &gpu.aliases {
+                gpu_index.entry(gpu_key(alias)).or_insert(i);
+            }
+        }
+        pricer.gpus = gpus;
+        pricer.gpu_index = gpu_index;
+        pricer.gpu_default_usd_per_hour = gpu_default;
+        pricer
     }
 
     /// Later sources replace earlier entries of the same name.
@@ -169,7 +219,33 @@ impl Pricer {
             entries,
             index,
             unpriced: AtomicU64::new(0),
+            gpus: Vec::new(),
+            gpu_index: HashMap::new(),
+            gpu_default_usd_per_hour: None,
         }
+    }
+
+    /// The GPU prices of the catalogue.
+    pub fn gpus(&self) -> &[GpuPrice] {
+        &self.gpus
+    }
+
+    /// The catalogue entry for a GPU, by the name NVML reports (case and spacing
+    /// ignored) or an alias; `None` when no entry names it (the default is not applied).
+    pub fn gpu_price(&self, gpu_model: &str) -> Option<&GpuPrice> {
+        let key = gpu_key(gpu_model);
+        if key.is_empty() || key.len() > matching::MAX_MODEL_NAME {
+            return None;
+        }
+        self.gpu_index.get(&key).and_then(|&i| self.gpus.get(i))
+    }
+
+    /// USD per GPU-hour for a GPU model: its catalogue entry, else the catalogue's
+    /// `[gpu_default]`, else `None` (unpriced; the built-in catalogue has no default).
+    pub fn usd_per_gpu_hour(&self, gpu_model: &str) -> Option<f64> {
+        self.gpu_price(gpu_model)
+            .map(|g| g.usd_per_hour)
+            .or(self.gpu_default_usd_per_hour)
     }
 
     pub fn len(&self) -> usize {

@@ -330,6 +330,8 @@ fn call(provider: Provider, request_model: Option<&str>, response_model: Option<
         output_chunks: 0,
         bytes_sent: 10,
         bytes_received: 10,
+        http_method: Some("POST".into()),
+        response_id: None,
     }
 }
 
@@ -360,25 +362,131 @@ fn calls_prefer_the_response_model_and_self_hosted_is_not_token_priced() {
 }
 
 #[test]
-fn builtin_smaller_models_exist_and_are_cheaper() {
+fn builtin_tiers_name_priced_models_of_the_same_provider() {
+    use tiers::{ModelCatalogue, ModelKind, WorkloadClass};
+    let models = ModelCatalogue::builtin().unwrap_or_else(|e| panic!("built-in models: {e}"));
     let pricer = Pricer::builtin();
-    let mut pairs = 0;
-    for entry in pricer.entries() {
-        let Some(smaller) = &entry.smaller else {
-            continue;
-        };
-        let target = pricer
+    assert_eq!(
+        models.tiers.iter().map(|t| t.level).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    // A higher tier suffices for everything a lower one does.
+    for pair in models.tiers.windows(2) {
+        if let [lower, higher] = pair {
+            for class in &lower.suffices {
+                assert!(higher.suffices.contains(class), "{} {class:?}", higher.name);
+            }
+        }
+    }
+    assert!(models.suffices(4, WorkloadClass::Reasoning));
+    assert!(!models.suffices(3, WorkloadClass::Reasoning));
+    assert!(models.suffices(1, WorkloadClass::Classification));
+    assert!(!models.suffices(1, WorkloadClass::Chat));
+    for m in &models.models {
+        let price = pricer
             .entries()
             .iter()
-            .find(|e| &e.name == smaller)
-            .unwrap_or_else(|| panic!("{}: smaller {smaller} not in catalogue", entry.name));
-        assert_eq!(target.provider, entry.provider, "{}", entry.name);
-        assert!(
-            target.input < entry.input && target.output < entry.output,
+            .find(|p| p.name == m.name)
+            .unwrap_or_else(|| panic!("{} has a tier but no price", m.name));
+        assert_eq!(
+            price.provider.as_deref(),
+            Some(m.provider.as_str()),
             "{}",
-            entry.name
+            m.name
         );
-        pairs += 1;
+        if m.kind == ModelKind::Embedding {
+            assert_eq!(price.output, 0, "{}", m.name);
+        }
     }
-    assert!(pairs >= 20, "{pairs}");
+    assert!(models.models.len() >= 70, "{}", models.models.len());
+    let tier = |name: &str| models.model(name).map(|m| m.tier);
+    assert_eq!(tier("gpt-4o"), Some(3));
+    assert_eq!(tier("gpt-4o-mini"), Some(2));
+    assert_eq!(tier("claude-haiku-4-5"), Some(2));
+}
+
+#[test]
+fn model_catalogue_errors_are_reported() {
+    use tiers::{ModelCatalogue, TierError};
+    let bad_tier = "[tiers.x]\nname = \"a\"\nsuffices = []\n";
+    assert!(matches!(
+        ModelCatalogue::parse(bad_tier, Path::new("m.toml")),
+        Err(TierError::BadTier { .. })
+    ));
+    let unknown = "[tiers.1]\nname = \"a\"\nsuffices = [\"chat\"]\n\
+                   [models.m]\nprovider = \"openai\"\ntier = 2\n";
+    assert!(matches!(
+        ModelCatalogue::parse(unknown, Path::new("m.toml")),
+        Err(TierError::UnknownTier { tier: 2, .. })
+    ));
+    let class = "[classes.poetry]\nmax_p95_output_tokens = 3\n";
+    assert!(matches!(
+        ModelCatalogue::parse(class, Path::new("m.toml")),
+        Err(TierError::BadClass { .. })
+    ));
+    let suffices = "[tiers.1]\nname = \"a\"\nsuffices = [\"poetry\"]\n";
+    assert!(ModelCatalogue::parse(suffices, Path::new("m.toml")).is_err());
+}
+
+#[test]
+fn gpu_hour_prices_match_nvml_names_and_aliases() {
+    let pricer = Pricer::builtin();
+    assert!(pricer.gpus().len() >= 4);
+    for gpu in pricer.gpus() {
+        assert!(gpu.source.is_some() && gpu.taken.is_some(), "{}", gpu.name);
+        assert!(gpu.usd_per_hour > 0.0, "{}", gpu.name);
+    }
+    assert_eq!(pricer.usd_per_gpu_hour("NVIDIA H100 80GB HBM3"), Some(2.49));
+    // Case and spacing as NVML or a user may write them.
+    assert_eq!(
+        pricer.usd_per_gpu_hour("  nvidia  h100 80gb hbm3 "),
+        Some(2.49)
+    );
+    assert_eq!(pricer.usd_per_gpu_hour("NVIDIA T4"), Some(0.79));
+    assert_eq!(
+        pricer.gpu_price("Tesla T4").map(|g| g.name.as_str()),
+        Some("Tesla T4")
+    );
+    // No built-in default: an unknown GPU is unpriced, not priced at a guess.
+    assert_eq!(pricer.usd_per_gpu_hour("NVIDIA GeForce RTX 4090"), None);
+    assert_eq!(pricer.usd_per_gpu_hour(""), None);
+
+    let dir = std::env::temp_dir().join(format!("tokenscope-gpu-prices-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.join("contract.toml");
+    std::fs::write(
+        &file,
+        "[gpu.\"NVIDIA H100 80GB HBM3\"]\nusd_per_hour = 1.85\nsource = \"contract\"\n\
+         [gpu_default]\nusd_per_hour = 1.25\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let pricer = Pricer::from_files(std::slice::from_ref(&file)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(pricer.usd_per_gpu_hour("NVIDIA H100 80GB HBM3"), Some(1.85));
+    // The built-in alias still reaches the built-in entry it belongs to... which the file replaced.
+    assert_eq!(pricer.usd_per_gpu_hour("NVIDIA L40S"), Some(2.15));
+    assert_eq!(
+        pricer.usd_per_gpu_hour("NVIDIA GeForce RTX 4090"),
+        Some(1.25)
+    );
+    assert!(pricer.gpu_price("NVIDIA GeForce RTX 4090").is_none());
+    assert!(pricer.len() > 60, "model prices kept");
+
+    std::fs::write(&file, "[gpu.x]\nusd_per_hour = -1.0\n").unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        Pricer::from_files(std::slice::from_ref(&file)),
+        Err(PricingError::BadPrice {
+            field: "usd_per_hour",
+            ..
+        })
+    ));
+    std::fs::write(
+        &file,
+        "[gpu.x]\nusd_per_hour = 1.0\ntaken = \"yesterday\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        Pricer::from_files(std::slice::from_ref(&file)),
+        Err(PricingError::BadDate { .. })
+    ));
+    std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
 }

@@ -4,13 +4,15 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use super::advice::{self, Advice};
+use super::advice::{self, AdviceInputs, AdviceReport};
 use super::{GroupKey, Options, ReadStats};
 use crate::pricing::{picodollars_to_usd, ModelPrice, Pricer};
 use crate::record::{CallRecord, Side};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
+    #[error("the built-in model catalogue is invalid")]
+    BuiltinModels(#[source] crate::pricing::tiers::TierError),
     #[error("--what-if {from}={to}: model {model:?} is not in the price catalogue")]
     UnknownWhatIfModel {
         from: String,
@@ -126,6 +128,9 @@ struct GroupAcc {
     token_cost_pd: u128,
     gpu_cost_usd: f64,
     gpu_seconds: f64,
+    gpu_energy_joules: f64,
+    /// Input plus output tokens of the self-hosted calls whose GPU cost is known.
+    gpu_costed_tokens: u64,
     priced_calls: u64,
     unpriced_calls: u64,
     self_hosted_calls: u64,
@@ -159,12 +164,21 @@ impl GroupAcc {
             CostKind::SelfHosted(usd) => {
                 self.gpu_cost_usd += usd;
                 self.self_hosted_calls += 1;
+                self.gpu_costed_tokens = self.gpu_costed_tokens.saturating_add(
+                    usage
+                        .input_tokens
+                        .unwrap_or(0)
+                        .saturating_add(usage.output_tokens.unwrap_or(0)),
+                );
             }
             CostKind::Unpriced => self.unpriced_calls += 1,
         }
         if let Some(gpu) = &record.gpu {
             if gpu.gpu_seconds.is_finite() {
                 self.gpu_seconds += gpu.gpu_seconds;
+            }
+            if gpu.energy_joules.is_finite() {
+                self.gpu_energy_joules += gpu.energy_joules;
             }
         }
         self.errors += u64::from(is_error(record));
@@ -184,6 +198,10 @@ impl GroupAcc {
         self.token_cost_pd = self.token_cost_pd.saturating_add(other.token_cost_pd);
         self.gpu_cost_usd += other.gpu_cost_usd;
         self.gpu_seconds += other.gpu_seconds;
+        self.gpu_energy_joules += other.gpu_energy_joules;
+        self.gpu_costed_tokens = self
+            .gpu_costed_tokens
+            .saturating_add(other.gpu_costed_tokens);
         self.priced_calls += other.priced_calls;
         self.unpriced_calls += other.unpriced_calls;
         self.self_hosted_calls += other.self_hosted_calls;
@@ -214,6 +232,9 @@ impl GroupAcc {
             token_cost_picodollars: self.token_cost_pd,
             gpu_cost_usd: self.gpu_cost_usd,
             gpu_seconds: self.gpu_seconds,
+            gpu_energy_joules: self.gpu_energy_joules,
+            self_hosted_usd_per_million_tokens: (self.gpu_costed_tokens > 0)
+                .then(|| self.gpu_cost_usd * 1e6 / self.gpu_costed_tokens as f64),
             priced_calls: self.priced_calls,
             unpriced_calls: self.unpriced_calls,
             self_hosted_calls: self.self_hosted_calls,
@@ -244,6 +265,10 @@ pub struct GroupRow {
     pub token_cost_picodollars: u128,
     pub gpu_cost_usd: f64,
     pub gpu_seconds: f64,
+    /// GPU energy charged to the group's served calls, joules.
+    pub gpu_energy_joules: f64,
+    /// Self-hosted calls: GPU cost per 1M tokens (input + output), where the GPU cost is known.
+    pub self_hosted_usd_per_million_tokens: Option<f64>,
     pub priced_calls: u64,
     /// Calls with no known cost: not included in `cost_usd`.
     pub unpriced_calls: u64,
@@ -302,7 +327,8 @@ pub struct Report {
     pub total: GroupRow,
     pub unpriced_models: Vec<UnpricedModel>,
     pub what_if: Vec<WhatIfRule>,
-    pub advice: Vec<Advice>,
+    /// `None` unless advice was asked for.
+    pub advice: Option<AdviceReport>,
 }
 
 /// The exact sums behind a what-if line and an advice saving.
@@ -359,7 +385,7 @@ pub(crate) fn what_if_add(
     }
 }
 
-fn format_rfc3339(unix_nano: u64) -> Option<String> {
+pub(crate) fn format_rfc3339(unix_nano: u64) -> Option<String> {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_nano))
         .ok()?
         .format(&time::format_description::well_known::Rfc3339)
@@ -467,9 +493,23 @@ pub fn build(
     }
 
     let advice = if options.advice {
-        advice::advise(&selected, pricer)
+        let builtin;
+        let models = match &options.models {
+            Some(models) => models,
+            None => {
+                builtin = crate::pricing::tiers::ModelCatalogue::builtin()
+                    .map_err(ReportError::BuiltinModels)?;
+                &builtin
+            }
+        };
+        let inputs = AdviceInputs {
+            pricer,
+            models,
+            sla: &options.sla,
+        };
+        Some(advice::advise(&selected, &inputs))
     } else {
-        Vec::new()
+        None
     };
 
     Ok(Report {

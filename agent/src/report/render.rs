@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::advice::Verdict;
+use super::advice::{AdviceReport, LatencySource};
 use super::aggregate::{GroupRow, Report, WhatIfRow};
 use super::Format;
 
@@ -57,17 +57,20 @@ fn group_cells(row: &GroupRow) -> Vec<String> {
     let mut cells = row.key.clone();
     cells.extend([
         row.calls.to_string(),
+        row.errors.to_string(),
+        row.rate_limited.to_string(),
         row.input_tokens.to_string(),
         row.output_tokens.to_string(),
         row.cached_tokens.to_string(),
         row.cost_usd.map_or_else(|| "-".to_owned(), usd),
         row.unpriced_calls.to_string(),
-        row.errors.to_string(),
-        row.rate_limited.to_string(),
         opt_secs(row.latency_p50_s),
         opt_secs(row.latency_p95_s),
-        opt_secs(row.ttft_p50_s),
         opt_secs(row.ttft_p95_s),
+        format!("{:.3}", row.gpu_seconds),
+        format!("{:.1}", row.gpu_energy_joules),
+        row.self_hosted_usd_per_million_tokens
+            .map_or_else(|| "-".to_owned(), |v| format!("{v:.4}")),
     ]);
     cells
 }
@@ -79,11 +82,25 @@ fn by_names(report: &Report) -> Vec<String> {
 fn table(report: &Report) -> String {
     let mut out = String::new();
     let input = &report.input;
-    let _ = write!(
-        out,
-        "{} calls from {} file(s), {} line(s)",
-        report.records, input.files, input.lines
-    );
+    let _ = write!(out, "{} calls", report.records);
+    if let Some(agent) = &input.agent {
+        let _ = write!(
+            out,
+            " from agent {agent} ({} recent calls: the agent keeps only its newest calls \
+             in memory, 1000 by default; older calls are not included)",
+            input.agent_calls
+        );
+        if input.files > 0 {
+            out.push_str(" and");
+        }
+    }
+    if input.files > 0 || input.agent.is_none() {
+        let _ = write!(
+            out,
+            " from {} file(s), {} line(s)",
+            input.files, input.lines
+        );
+    }
     if input.bad_lines > 0 {
         let _ = write!(
             out,
@@ -106,17 +123,19 @@ fn table(report: &Report) -> String {
     header.extend(
         [
             "calls",
+            "errors",
+            "429",
             "input",
             "output",
             "cached",
             "cost_usd",
             "unpriced",
-            "errors",
-            "429",
             "p50_s",
             "p95_s",
-            "ttft_p50_s",
             "ttft_p95_s",
+            "gpu_s",
+            "gpu_J",
+            "gpu_usd/1M",
         ]
         .map(str::to_owned),
     );
@@ -152,37 +171,78 @@ fn table(report: &Report) -> String {
         out.push_str(&aligned(&header, &rows, text_columns));
     }
 
-    if !report.advice.is_empty() {
-        out.push_str("\nRight-sizing advice\n");
-        for a in &report.advice {
-            let verdict = match a.verdict {
-                Verdict::Switch => "SWITCH",
-                Verdict::Keep => "KEEP",
-            };
-            let e = &a.evidence;
+    if let Some(advice) = &report.advice {
+        advice_table(&mut out, advice);
+    }
+    out
+}
+
+fn advice_table(out: &mut String, advice: &AdviceReport) {
+    let _ = writeln!(
+        out,
+        "\nRight-sizing advice (monthly = saving over the observed calls × 30 d / {}; \
+         observed window {})",
+        duration(advice.projection_window_s),
+        duration(advice.observed_window_s)
+    );
+    if advice.recommendations.is_empty() {
+        out.push_str("  no change advised\n");
+    }
+    for a in &advice.recommendations {
+        let e = &a.evidence;
+        let s = &a.saving;
+        let _ = writeln!(
+            out,
+            "  {} {}/{} -> {}: save ${}/month (${} over the observed calls: ${} -> ${})",
+            a.team,
+            a.provider,
+            a.model,
+            a.suggested,
+            usd(s.monthly_saving_usd),
+            usd(s.saving_usd),
+            usd(s.cost_now_usd),
+            usd(s.cost_after_usd)
+        );
+        let _ = writeln!(out, "    why: {}", a.reason);
+        let _ = writeln!(
+            out,
+            "    evidence: {} calls, p95 output {} tokens, median input {} tokens, \
+             error rate {:.1}% ({} errors, {} 429), span {}, current p95 {}",
+            e.calls,
+            e.p95_output_tokens,
+            e.median_input_tokens,
+            e.error_rate * 100.0,
+            e.errors,
+            e.rate_limited,
+            duration(e.span_s),
+            opt_secs(e.p95_latency_s).replace('-', "n/a")
+        );
+        if a.latency.candidate_source == LatencySource::Assumed {
             let _ = writeln!(
                 out,
-                "  {verdict:<6}  team {}: {} -> {}: {}",
-                a.team,
-                a.model,
-                a.suggested,
-                a.reasons.join("; ")
-            );
-            let _ = writeln!(
-                out,
-                "          {} calls, median input {} / output {} tokens (p95 output {}), \
-                 cost now ${}, after ${}, saving ${}",
-                e.calls,
-                e.median_input_tokens,
-                e.median_output_tokens,
-                e.p95_output_tokens,
-                usd(e.cost_now_usd),
-                usd(e.cost_after_usd),
-                usd(e.saving_usd)
+                "    assumption: {}'s p95 latency {:.3} s is taken from the SLA file, not measured",
+                a.suggested, a.latency.candidate_p95_s
             );
         }
     }
-    out
+    if !advice.declined.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {} team × model pair(s) without advice (reasons: --format json, \"declined\")",
+            advice.declined.len()
+        );
+    }
+}
+
+/// Seconds as `42 s`, `1.50 h`, `3.0 d`.
+fn duration(seconds: f64) -> String {
+    if seconds < 3600.0 {
+        format!("{seconds:.0} s")
+    } else if seconds < 86_400.0 {
+        format!("{:.2} h", seconds / 3600.0)
+    } else {
+        format!("{:.1} d", seconds / 86_400.0)
+    }
 }
 
 fn what_if_cells(row: &WhatIfRow, key: &[String]) -> Vec<String> {
@@ -239,6 +299,8 @@ fn csv(report: &Report) -> String {
             "unpriced_calls",
             "self_hosted_calls",
             "gpu_seconds",
+            "gpu_energy_joules",
+            "self_hosted_usd_per_million_tokens",
             "errors",
             "rate_limited",
             "latency_p50_s",
@@ -268,6 +330,8 @@ fn csv(report: &Report) -> String {
             r.unpriced_calls.to_string(),
             r.self_hosted_calls.to_string(),
             r.gpu_seconds.to_string(),
+            r.gpu_energy_joules.to_string(),
+            opt(r.self_hosted_usd_per_million_tokens),
             r.errors.to_string(),
             r.rate_limited.to_string(),
             opt(r.latency_p50_s),
@@ -304,51 +368,68 @@ fn csv(report: &Report) -> String {
         }
     }
 
-    if !report.advice.is_empty() {
-        out.push('\n');
-        csv_line(
-            &mut out,
-            [
-                "team",
-                "model",
-                "suggested",
-                "verdict",
-                "calls",
-                "median_input_tokens",
-                "median_output_tokens",
-                "p95_output_tokens",
-                "reasoning_calls",
-                "tool_calls",
-                "cost_now_usd",
-                "cost_after_usd",
-                "saving_usd",
-                "reasons",
-            ]
-            .map(str::to_owned),
-        );
-        for a in &report.advice {
+    if let Some(advice) = &report.advice {
+        if !advice.recommendations.is_empty() {
+            out.push('\n');
+            csv_line(
+                &mut out,
+                [
+                    "team",
+                    "provider",
+                    "model",
+                    "tier",
+                    "class",
+                    "suggested",
+                    "suggested_tier",
+                    "calls",
+                    "errors",
+                    "error_rate",
+                    "p95_output_tokens",
+                    "span_s",
+                    "sla_p95_s",
+                    "candidate_p95_s",
+                    "candidate_latency",
+                    "cost_now_usd",
+                    "cost_after_usd",
+                    "saving_usd",
+                    "projection_window_s",
+                    "monthly_saving_usd",
+                    "reason",
+                ]
+                .map(str::to_owned),
+            );
+        }
+        for a in &advice.recommendations {
             let e = &a.evidence;
-            let verdict = match a.verdict {
-                Verdict::Switch => "switch",
-                Verdict::Keep => "keep",
+            let s = &a.saving;
+            let source = match a.latency.candidate_source {
+                LatencySource::Observed => "observed",
+                LatencySource::Assumed => "assumed",
             };
             csv_line(
                 &mut out,
                 [
                     a.team.clone(),
+                    a.provider.clone(),
                     a.model.clone(),
+                    a.tier.to_string(),
+                    a.class.as_str().to_owned(),
                     a.suggested.clone(),
-                    verdict.to_owned(),
+                    a.suggested_tier.to_string(),
                     e.calls.to_string(),
-                    e.median_input_tokens.to_string(),
-                    e.median_output_tokens.to_string(),
+                    e.errors.to_string(),
+                    e.error_rate.to_string(),
                     e.p95_output_tokens.to_string(),
-                    e.reasoning_calls.to_string(),
-                    e.tool_calls.to_string(),
-                    csv_usd(e.cost_now_usd),
-                    csv_usd(e.cost_after_usd),
-                    csv_usd(e.saving_usd),
-                    a.reasons.join("; "),
+                    e.span_s.to_string(),
+                    a.latency.sla_p95_s.to_string(),
+                    a.latency.candidate_p95_s.to_string(),
+                    source.to_owned(),
+                    csv_usd(s.cost_now_usd),
+                    csv_usd(s.cost_after_usd),
+                    csv_usd(s.saving_usd),
+                    s.projection_window_s.to_string(),
+                    csv_usd(s.monthly_saving_usd),
+                    a.reason.clone(),
                 ],
             );
         }
