@@ -82,6 +82,17 @@ pub enum HttpEvent {
         stream: u64,
         ts_ns: u64,
     },
+    /// Trailer fields of a message (HTTP/1.1 chunked trailers, HTTP/2
+    /// trailing HEADERS), such as `grpc-status`; credentials are dropped as
+    /// in heads. Comes after the message's last body bytes and right before
+    /// its `RequestEnd` / `ResponseEnd`; never sent when there are none.
+    Trailers {
+        stream: u64,
+        /// Which message: the request (`FromClient`) or the response.
+        from: Direction,
+        headers: Vec<Header>,
+        ts_ns: u64,
+    },
     /// The exchange ended early: reset stream, connection closed mid-message,
     /// or bytes that could not be parsed. What was emitted before still stands.
     Abort {
@@ -103,4 +114,7 @@ pub enum AbortReason {
     Gap,
     /// A body or header block went past its bound.
     TooLarge,
+    /// An HTTP/2 stream saw no frame for longer than its idle bound
+    /// ([`Limits::stream_idle_ns`](super::Limits)) while others went on.
+    Idle,
 }

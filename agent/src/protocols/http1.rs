@@ -38,6 +38,8 @@ struct BodyState {
     decoder: Option<BodyDecoder>,
     /// False for a message whose events are not reported at all.
     reported: bool,
+    /// Chunked trailer fields seen so far (bounded with the trailer bytes).
+    trailers: Vec<Header>,
 }
 
 enum State {
@@ -488,6 +490,7 @@ impl Http1Parser {
             framing,
             decoder,
             reported,
+            trailers: Vec::new(),
         };
         if matches!(body.framing, Framing::Length(0)) {
             if reported {
@@ -605,6 +608,13 @@ impl Http1Parser {
                             if side.trailer_bytes > max_trailers {
                                 return Step::Stop;
                             }
+                            if body.reported {
+                                match trailer_field(&line) {
+                                    Some(Some(field)) => body.trailers.push(field),
+                                    Some(None) => {}
+                                    None => stats.bad_trailers += 1,
+                                }
+                            }
                         }
                     }
                     Chunk::Data(_) => {}
@@ -669,10 +679,38 @@ fn finish_body(
         }
     }
     let stream = body.stream;
+    if !body.trailers.is_empty() {
+        out.push(HttpEvent::Trailers {
+            stream,
+            from: dir,
+            headers: std::mem::take(&mut body.trailers),
+            ts_ns,
+        });
+    }
     out.push(match dir {
         Direction::FromClient => HttpEvent::RequestEnd { stream, ts_ns },
         Direction::FromServer => HttpEvent::ResponseEnd { stream, ts_ns },
     });
+}
+
+/// One trailer line: `Some(Some(field))`, `Some(None)` for a credential
+/// (dropped), `None` when it is not `name: value`.
+fn trailer_field(line: &[u8]) -> Option<Option<Header>> {
+    let colon = line.iter().position(|b| *b == b':')?;
+    let name = line.get(..colon)?;
+    let value = line.get(colon + 1..)?;
+    let token = |b: &u8| b.is_ascii_graphic() && !b"\"(),/:;<=>?@[\\]{}".contains(b);
+    if name.is_empty() || !name.iter().all(token) {
+        return None;
+    }
+    let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+    if is_credential_header(&name) {
+        return Some(None);
+    }
+    Some(Some(Header {
+        name,
+        value: header_text(value.trim_ascii()),
+    }))
 }
 
 fn fail_body(

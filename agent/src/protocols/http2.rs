@@ -99,6 +99,8 @@ pub struct Http2Parser {
     streams: HashMap<u32, Stream>,
     highest_client_stream: u32,
     stopped: bool,
+    /// Capture time of the next look for idle streams.
+    next_idle_check_ns: u64,
 }
 
 impl Http2Parser {
@@ -116,6 +118,7 @@ impl Http2Parser {
             streams: HashMap::new(),
             highest_client_stream: 0,
             stopped: false,
+            next_idle_check_ns: 0,
         };
         if preface {
             parser.saw_preface();
@@ -138,10 +141,41 @@ impl Http2Parser {
         stats: &mut ParseStats,
         out: &mut Vec<HttpEvent>,
     ) {
+        if ts_ns >= self.next_idle_check_ns && !self.stopped {
+            self.close_idle(ts_ns, stats, out);
+        }
         let mut input = data;
         while !input.is_empty() && !self.stopped {
             let n = self.step(dir, ts_ns, input, stats, out);
             input = input.get(n..).unwrap_or_default();
+        }
+    }
+
+    /// Aborts the streams that saw no frame for `stream_idle_ns` before
+    /// `now_ns` (the time of the bytes being fed: the parser has no clock).
+    /// Runs at most a few times per idle period, so its cost stays small.
+    fn close_idle(&mut self, now_ns: u64, stats: &mut ParseStats, out: &mut Vec<HttpEvent>) {
+        let idle = self.limits.stream_idle_ns;
+        if idle == 0 {
+            // No bound.
+            self.next_idle_check_ns = u64::MAX;
+            return;
+        }
+        self.next_idle_check_ns = now_ns.saturating_add((idle / 4).max(1));
+        let Some(cutoff) = now_ns.checked_sub(idle) else {
+            return;
+        };
+        let mut ids: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.last_ns < cutoff)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        for id in ids {
+            self.streams.remove(&id);
+            stats.streams_idle += 1;
+            abort(u64::from(id), AbortReason::Idle, now_ns, stats, out);
         }
     }
 

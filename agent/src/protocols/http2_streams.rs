@@ -21,6 +21,8 @@ pub(super) struct Stream {
     pub(super) response_done: bool,
     pub(super) request_body: Option<BodyDecoder>,
     pub(super) response_body: RespBody,
+    /// Capture time of the stream's latest frame, for the idle bound.
+    pub(super) last_ns: u64,
 }
 
 /// Enough bytes to see the gzip (2) or zstd (4) magic number.
@@ -54,10 +56,11 @@ impl Http2Parser {
         stats: &mut ParseStats,
         out: &mut Vec<HttpEvent>,
     ) {
-        if self.streams.contains_key(&id) {
-            // Trailers.
-            if end_stream {
-                self.end_side(Direction::FromClient, id, ts_ns, stats, out);
+        if let Some(stream) = self.streams.get_mut(&id) {
+            stream.last_ns = ts_ns;
+            if !stream.request_done {
+                let trailers = Fields::from(block).regular;
+                self.end_side_with(Direction::FromClient, id, ts_ns, trailers, stats, out);
             }
             return;
         }
@@ -103,6 +106,7 @@ impl Http2Parser {
                 response_done: false,
                 request_body,
                 response_body: RespBody::Drop,
+                last_ns: ts_ns,
             },
         );
         if end_stream {
@@ -123,43 +127,50 @@ impl Http2Parser {
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
-        if !stream.response_started {
-            let fields = Fields::from(block);
-            let status = fields.pseudo(":status").and_then(|s| s.parse::<u16>().ok());
-            let Some(status) = status else {
-                let reason = if fields.unknown > 0 {
-                    AbortReason::Gap
-                } else {
-                    stats.malformed += 1;
-                    AbortReason::Malformed
-                };
-                self.streams.remove(&id);
-                abort(u64::from(id), reason, ts_ns, stats, out);
-                return;
-            };
-            if (100..200).contains(&status) {
-                return;
+        stream.last_ns = ts_ns;
+        if stream.response_started {
+            // Trailers: a second header block, which ends the response.
+            if !stream.response_done {
+                let trailers = Fields::from(block).regular;
+                self.end_side_with(Direction::FromServer, id, ts_ns, trailers, stats, out);
             }
-            stream.response_started = true;
-            stream.response_body = match header(&fields.regular, "content-encoding") {
-                None if fields.unknown_names > 0 => RespBody::Sniff(Vec::new()),
-                encoding => match BodyDecoder::new(encoding, limits) {
-                    Ok(d) => RespBody::Decode(d),
-                    Err(_) => {
-                        stats.unsupported_encoding += 1;
-                        RespBody::Drop
-                    }
-                },
-            };
-            out.push(HttpEvent::Response {
-                stream: u64::from(id),
-                head: ResponseHead {
-                    status,
-                    headers: fields.regular,
-                },
-                ts_ns,
-            });
+            return;
         }
+        let fields = Fields::from(block);
+        let status = fields.pseudo(":status").and_then(|s| s.parse::<u16>().ok());
+        let Some(status) = status else {
+            let reason = if fields.unknown > 0 {
+                AbortReason::Gap
+            } else {
+                stats.malformed += 1;
+                AbortReason::Malformed
+            };
+            self.streams.remove(&id);
+            abort(u64::from(id), reason, ts_ns, stats, out);
+            return;
+        };
+        if (100..200).contains(&status) {
+            return;
+        }
+        stream.response_started = true;
+        stream.response_body = match header(&fields.regular, "content-encoding") {
+            None if fields.unknown_names > 0 => RespBody::Sniff(Vec::new()),
+            encoding => match BodyDecoder::new(encoding, limits) {
+                Ok(d) => RespBody::Decode(d),
+                Err(_) => {
+                    stats.unsupported_encoding += 1;
+                    RespBody::Drop
+                }
+            },
+        };
+        out.push(HttpEvent::Response {
+            stream: u64::from(id),
+            head: ResponseHead {
+                status,
+                headers: fields.regular,
+            },
+            ts_ns,
+        });
         if end_stream {
             self.end_side(Direction::FromServer, id, ts_ns, stats, out);
         }
@@ -178,6 +189,7 @@ impl Http2Parser {
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
+        stream.last_ns = ts_ns;
         let mut held = Vec::new();
         let decoder = match dir {
             Direction::FromClient if !stream.request_done => stream.request_body.as_mut(),
@@ -240,9 +252,23 @@ impl Http2Parser {
         stats: &mut ParseStats,
         out: &mut Vec<HttpEvent>,
     ) {
+        self.end_side_with(dir, id, ts_ns, Vec::new(), stats, out);
+    }
+
+    /// The end of one side, after its trailers (if any) are reported.
+    pub(super) fn end_side_with(
+        &mut self,
+        dir: Direction,
+        id: u32,
+        ts_ns: u64,
+        trailers: Vec<Header>,
+        stats: &mut ParseStats,
+        out: &mut Vec<HttpEvent>,
+    ) {
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
         };
+        stream.last_ns = ts_ns;
         let sid = u64::from(id);
         let mut held = Vec::new();
         let (decoder, end) = match dir {
@@ -293,6 +319,14 @@ impl Http2Parser {
                 }),
                 Err(e) => return self.body_failed(id, e, ts_ns, stats, out),
             }
+        }
+        if !trailers.is_empty() {
+            out.push(HttpEvent::Trailers {
+                stream: sid,
+                from: dir,
+                headers: trailers,
+                ts_ns,
+            });
         }
         out.push(end);
         if stream.request_done && stream.response_done {

@@ -37,6 +37,10 @@ pub struct Limits {
     /// Largest HPACK dynamic table accepted (SETTINGS_HEADER_TABLE_SIZE above
     /// it is clamped; a size update above it is a compression error).
     pub max_hpack_table: usize,
+    /// An HTTP/2 stream with no frame for this long (in the capture clock
+    /// passed in with the bytes) is aborted with [`AbortReason::Idle`], so
+    /// streams whose end was never seen cannot pile up.
+    pub stream_idle_ns: u64,
 }
 
 impl Default for Limits {
@@ -48,6 +52,7 @@ impl Default for Limits {
             bomb_floor: 1024 * 1024,
             max_concurrent_streams: 256,
             max_hpack_table: 1024 * 1024,
+            stream_idle_ns: 10 * 60 * 1_000_000_000,
         }
     }
 }
@@ -75,6 +80,10 @@ pub struct ParseStats {
     pub gaps: u64,
     /// Bytes skipped while looking for a place to resume parsing.
     pub bytes_skipped: u64,
+    /// HTTP/2 streams aborted after [`Limits::stream_idle_ns`] without a frame.
+    pub streams_idle: u64,
+    /// Trailer lines that were not `name: value` and were skipped.
+    pub bad_trailers: u64,
 }
 
 /// The protocol of a connection once known.

@@ -9,7 +9,7 @@ use crate::protocols::event::{header, HttpEvent, RequestHead, ResponseHead};
 use crate::record::{Api, LlmCall, Usage};
 
 use super::decode::{self, Observed};
-use super::detect::{self, BodyShape, Target};
+use super::detect::{self, BodyShape, Target, Wire};
 use super::estimate;
 use super::json;
 use super::ndjson::{JsonArraySplitter, LineSplitter};
@@ -230,6 +230,8 @@ impl CallAssembler {
             }
             HttpEvent::ResponseEnd { stream, ts_ns } => self.complete(stream, ts_ns, false, out),
             HttpEvent::Abort { stream, ts_ns, .. } => self.complete(stream, ts_ns, true, out),
+            // No provider reports usage in trailers; gRPC status is not an LLM outcome here.
+            HttpEvent::Trailers { .. } => {}
         }
     }
 
@@ -353,6 +355,11 @@ impl CallAssembler {
 /// streams (no `include_usage`, or cut before the final chunk), Ollama
 /// streams (usage only on the last line) and Ollama's legacy embeddings.
 fn usage_may_be_missing(target: &Target, head: &RequestHead, info: &RequestInfo) -> bool {
+    // TGI reports usage only when asked for `details`; Gemini embeddings
+    // only in newer API versions.
+    if matches!(target.wire, Wire::Tgi | Wire::Gemini) && target.api != Api::GenerateContent {
+        return true;
+    }
     match target.api {
         Api::ChatCompletions | Api::Completions | Api::Responses => info.stream == Some(true),
         Api::OllamaChat | Api::OllamaGenerate => info.stream != Some(false),
@@ -380,6 +387,7 @@ fn read_request(body: &[u8]) -> RequestInfo {
         b"contents" => info.shape.contents = true,
         b"instructions" => info.shape.instructions = true,
         b"tools" => info.shape.tools = true,
+        b"inputs" => info.shape.inputs = true,
         _ => {}
     });
     info
@@ -400,7 +408,7 @@ impl Exchange {
         let Some(target) = &self.target else {
             return;
         };
-        let api = target.api;
+        let (api, wire) = (target.api, target.wire);
         let mut bytes: &[u8] = &data;
         if matches!(self.framing, Framing::Undecided) {
             let Some(first) = bytes.iter().position(|b| !b.is_ascii_whitespace()) else {
@@ -412,7 +420,7 @@ impl Exchange {
         }
         let obs = &mut self.obs;
         let mut on_item = |event: &str, item: &[u8]| {
-            if decode::stream_item(api, obs, event, item, ts_ns).is_err() {
+            if decode::stream_item(wire, obs, event, item, ts_ns).is_err() {
                 stats.bad_json += 1;
             }
         };
@@ -438,11 +446,14 @@ impl Exchange {
         let request = self.request.take().unwrap_or_default();
         let status = self.response.as_ref().map(|r| r.status);
         let success = status.is_some_and(|s| (200..300).contains(&s));
-        let api = target.api;
+        let (api, wire) = (target.api, target.wire);
         // What the request asked for, until the response framing says otherwise.
         let mut streaming = match api {
             Api::OllamaChat | Api::OllamaGenerate => request.stream != Some(false),
-            _ => request.stream == Some(true),
+            _ => {
+                request.stream == Some(true)
+                    || (wire == Wire::Tgi && self.head.path.ends_with("generate_stream"))
+            }
         };
         let mut error_type = None;
         let mut end_seen = !aborted;
@@ -455,12 +466,14 @@ impl Exchange {
                 if success {
                     streaming = false;
                     let ts = self.first_body_ns.unwrap_or(end_ns);
-                    if decode::body(api, &mut self.obs, body, ts).is_err() && !truncated && !aborted
+                    if decode::body(wire, &mut self.obs, body, ts).is_err()
+                        && !truncated
+                        && !aborted
                     {
                         stats.bad_json += 1;
                     }
                     if truncated {
-                        decode::body_tail(api, &mut self.obs, json_body.tail());
+                        decode::body_tail(wire, &mut self.obs, json_body.tail());
                     }
                     self.obs.first_token_ns = self.first_body_ns;
                 } else if let Some(code) = status {
@@ -479,7 +492,7 @@ impl Exchange {
                 let obs = &mut self.obs;
                 let ts = self.first_body_ns.unwrap_or(end_ns).max(end_ns);
                 l.finish(|line| {
-                    if decode::stream_item(api, obs, "", line, ts).is_err() {
+                    if decode::stream_item(wire, obs, "", line, ts).is_err() {
                         stats.bad_json += 1;
                     }
                 });
@@ -503,6 +516,11 @@ impl Exchange {
             stats.incomplete += 1;
         }
 
+        if wire == Wire::Tgi && success {
+            if let Some(head) = &self.response {
+                super::tgi::usage_from_headers(&mut self.obs, &head.headers);
+            }
+        }
         let mut usage = std::mem::take(&mut self.obs.usage);
         if success && !self.obs.usage_seen {
             usage = self.estimate(&target, &request);
@@ -513,7 +531,13 @@ impl Exchange {
             .as_ref()
             .filter(|_| !success)
             .and_then(|r| status::retry_after_s(&r.headers));
-        let request_model = request.model.or(target.path_model);
+        // Gemini names the model in the path; a body `model` there is the
+        // resource name (`models/...`) of the same model.
+        let request_model = if wire == Wire::Gemini {
+            target.path_model.or(request.model)
+        } else {
+            request.model.or(target.path_model)
+        };
         let first_token_ns = self.obs.first_token_ns;
         let request_end_ns = self
             .request_end_ns

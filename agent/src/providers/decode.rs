@@ -1,9 +1,10 @@
 //! What the decoders learn from a response, and the dispatch from API to
 //! decoder (static: one arm per wire format).
 
-use crate::record::{Api, Usage};
+use crate::record::Usage;
 
-use super::{anthropic, gemini, ollama, openai};
+use super::detect::Wire;
+use super::{anthropic, gemini, ollama, openai, tgi};
 
 /// A JSON item that did not decode.
 #[derive(Debug, thiserror::Error)]
@@ -106,44 +107,37 @@ pub(crate) fn set(field: &mut Option<u64>, value: Option<u64>) {
 /// One item of a streamed response: an SSE event, an NDJSON line or an
 /// element of a streamed JSON array.
 pub(crate) fn stream_item(
-    api: Api,
+    wire: Wire,
     obs: &mut Observed,
     event: &str,
     data: &[u8],
     ts_ns: u64,
 ) -> Result<(), BadJson> {
-    match api {
-        Api::ChatCompletions | Api::Completions | Api::Embeddings => {
-            openai::chat_chunk(obs, data, ts_ns)
-        }
-        Api::Responses => openai::responses_event(obs, event, data, ts_ns),
-        Api::Messages => anthropic::event(obs, event, data, ts_ns),
-        Api::GenerateContent => gemini::chunk(obs, data, ts_ns, true),
-        Api::OllamaChat | Api::OllamaGenerate | Api::OllamaEmbed => {
-            ollama::line(obs, data, ts_ns, true)
-        }
+    match wire {
+        Wire::OpenAi => openai::chat_chunk(obs, data, ts_ns),
+        Wire::Responses => openai::responses_event(obs, event, data, ts_ns),
+        Wire::Anthropic => anthropic::event(obs, event, data, ts_ns),
+        Wire::Gemini => gemini::chunk(obs, data, ts_ns, true),
+        Wire::Ollama => ollama::line(obs, data, ts_ns, true),
+        Wire::Tgi => tgi::event(obs, data, ts_ns),
     }
 }
 
 /// A complete (non-streamed) successful response body.
-pub(crate) fn body(api: Api, obs: &mut Observed, body: &[u8], ts_ns: u64) -> Result<(), BadJson> {
-    match api {
-        Api::ChatCompletions | Api::Completions | Api::Embeddings => openai::body(obs, body),
-        Api::Responses => openai::responses_body(obs, body),
-        Api::Messages => anthropic::body(obs, body),
-        Api::GenerateContent => gemini::chunk(obs, body, ts_ns, false),
-        Api::OllamaChat | Api::OllamaGenerate | Api::OllamaEmbed => {
-            ollama::line(obs, body, ts_ns, false)
-        }
+pub(crate) fn body(wire: Wire, obs: &mut Observed, body: &[u8], ts_ns: u64) -> Result<(), BadJson> {
+    match wire {
+        Wire::OpenAi => openai::body(obs, body),
+        Wire::Responses => openai::responses_body(obs, body),
+        Wire::Anthropic => anthropic::body(obs, body),
+        Wire::Gemini => gemini::chunk(obs, body, ts_ns, false),
+        Wire::Ollama => ollama::line(obs, body, ts_ns, false),
+        Wire::Tgi => tgi::body(obs, body),
     }
 }
 
 /// What can still be read from the end of a successful body cut at its bound.
-pub(crate) fn body_tail(api: Api, obs: &mut Observed, tail: &[u8]) {
-    if matches!(
-        api,
-        Api::ChatCompletions | Api::Completions | Api::Embeddings
-    ) {
+pub(crate) fn body_tail(wire: Wire, obs: &mut Observed, tail: &[u8]) {
+    if wire == Wire::OpenAi {
         openai::body_tail(obs, tail);
     }
 }

@@ -11,6 +11,50 @@ pub(crate) struct Target {
     pub api: Api,
     /// Model named by the path (Gemini `models/{model}:...`, Azure deployment).
     pub path_model: Option<String>,
+    /// The response's wire format, which picks the decoder.
+    pub wire: Wire,
+}
+
+/// Response wire formats: one decoder each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wire {
+    /// OpenAI Chat Completions, Completions and Embeddings, and every
+    /// server that speaks them (llama.cpp's native `/completion` included:
+    /// its fields are read by the same decoder).
+    OpenAi,
+    Responses,
+    Anthropic,
+    /// Gemini `generateContent`, `embedContent`, `batchEmbedContents` and
+    /// Vertex `predict` (embeddings).
+    Gemini,
+    Ollama,
+    /// Hugging Face text-generation-inference native `/generate`,
+    /// `/generate_stream` and `/` (compat route).
+    Tgi,
+}
+
+impl Wire {
+    /// The usual wire of an API.
+    pub fn of(api: Api) -> Wire {
+        match api {
+            Api::ChatCompletions | Api::Completions | Api::Embeddings => Wire::OpenAi,
+            Api::Responses => Wire::Responses,
+            Api::Messages => Wire::Anthropic,
+            Api::GenerateContent => Wire::Gemini,
+            Api::OllamaChat | Api::OllamaGenerate | Api::OllamaEmbed => Wire::Ollama,
+        }
+    }
+}
+
+impl Target {
+    fn new(provider: Provider, api: Api, path_model: Option<String>) -> Target {
+        Target {
+            provider,
+            api,
+            path_model,
+            wire: Wire::of(api),
+        }
+    }
 }
 
 /// The provider behind a TLS server name or `Host`, for endpoint-level records.
@@ -78,10 +122,12 @@ pub(crate) fn detect_by_path(head: &RequestHead) -> Option<Target> {
     }
     if let Some((model, api)) = gemini_path(path) {
         return Some(Target {
-            provider: Provider::Gemini,
-            api,
-            path_model: Some(model.to_string()),
+            wire: Wire::Gemini,
+            ..Target::new(Provider::Gemini, api, Some(model.to_string()))
         });
+    }
+    if let Some(target) = native_server_path(path) {
+        return Some(target);
     }
     if let Some(api) = openai_path(path) {
         let deployment = azure_deployment(path);
@@ -92,18 +138,10 @@ pub(crate) fn detect_by_path(head: &RequestHead) -> Option<Target> {
             Some(p) => p,
             None => Provider::OpenaiCompatible,
         };
-        return Some(Target {
-            provider,
-            api,
-            path_model: deployment.map(str::to_string),
-        });
+        return Some(Target::new(provider, api, deployment.map(str::to_string)));
     }
     if is_anthropic_messages(path) {
-        return Some(Target {
-            provider: Provider::Anthropic,
-            api: Api::Messages,
-            path_model: None,
-        });
+        return Some(Target::new(Provider::Anthropic, Api::Messages, None));
     }
     None
 }
@@ -114,15 +152,13 @@ pub(crate) fn detect_by_body(head: &RequestHead, fields: &BodyShape) -> Option<T
         return None;
     }
     let anthropic_header = header(&head.headers, "anthropic-version").is_some();
-    let target = |provider, api| {
-        Some(Target {
-            provider,
-            api,
-            path_model: None,
-        })
-    };
+    let target = |provider, api| Some(Target::new(provider, api, None));
     if fields.contents {
         return target(Provider::Gemini, Api::GenerateContent);
+    }
+    if fields.inputs && !fields.model {
+        // TGI's compat route `/` (what `huggingface_hub` posts to).
+        return Some(tgi_target());
     }
     if !fields.model {
         return None;
@@ -156,6 +192,8 @@ pub(crate) struct BodyShape {
     pub contents: bool,
     pub instructions: bool,
     pub tools: bool,
+    /// TGI's `inputs`.
+    pub inputs: bool,
 }
 
 fn ollama_path(path: &str) -> Option<Target> {
@@ -165,21 +203,41 @@ fn ollama_path(path: &str) -> Option<Target> {
         "/api/embed" | "/api/embeddings" => Api::OllamaEmbed,
         _ => return None,
     };
-    Some(Target {
-        provider: Provider::Ollama,
-        api,
-        path_model: None,
-    })
+    Some(Target::new(Provider::Ollama, api, None))
 }
 
-/// `.../models/{model}:generateContent` (also Vertex `publishers/google/models/`).
+fn tgi_target() -> Target {
+    Target {
+        wire: Wire::Tgi,
+        ..Target::new(Provider::OpenaiCompatible, Api::Completions, None)
+    }
+}
+
+/// Native routes of inference servers: TGI `/generate`, `/generate_stream`;
+/// llama.cpp `/completion` (read by the OpenAI decoder, which knows its fields).
+fn native_server_path(path: &str) -> Option<Target> {
+    match path.trim_end_matches('/') {
+        "/generate" | "/generate_stream" => Some(tgi_target()),
+        "/completion" => Some(Target::new(
+            Provider::OpenaiCompatible,
+            Api::Completions,
+            None,
+        )),
+        _ => None,
+    }
+}
+
+/// `.../models/{model}:generateContent` (also Vertex `publishers/google/models/`),
+/// and the embedding methods `embedContent`, `batchEmbedContents` and Vertex `predict`.
 fn gemini_path(path: &str) -> Option<(&str, Api)> {
     let (before, method) = path.rsplit_once(':')?;
-    if method != "generateContent" && method != "streamGenerateContent" {
-        return None;
-    }
+    let api = match method {
+        "generateContent" | "streamGenerateContent" => Api::GenerateContent,
+        "embedContent" | "batchEmbedContents" | "predict" => Api::Embeddings,
+        _ => return None,
+    };
     let (_, model) = before.rsplit_once("/models/")?;
-    (!model.is_empty() && !model.contains('/')).then_some((model, Api::GenerateContent))
+    (!model.is_empty() && !model.contains('/')).then_some((model, api))
 }
 
 fn openai_path(path: &str) -> Option<Api> {
@@ -303,6 +361,21 @@ mod tests {
         assert_eq!(
             detect("h:11434", "/api/embeddings").map(|t| t.1),
             Some(OllamaEmbed)
+        );
+        assert_eq!(
+            detect(
+                "generativelanguage.googleapis.com",
+                "/v1beta/models/gemini-embedding-001:batchEmbedContents"
+            ),
+            Some((Gemini, Embeddings, Some("gemini-embedding-001".into())))
+        );
+        let wire = |path: &str| detect_by_path(&head("h:8080", path)).map(|t| (t.api, t.wire));
+        assert_eq!(wire("/generate_stream"), Some((Completions, Wire::Tgi)));
+        assert_eq!(wire("/generate"), Some((Completions, Wire::Tgi)));
+        assert_eq!(wire("/completion"), Some((Completions, Wire::OpenAi)));
+        assert_eq!(
+            wire("/v1/models/m:embedContent"),
+            Some((Embeddings, Wire::Gemini))
         );
         assert_eq!(detect("h", "/v1/messages/count_tokens"), None);
         assert_eq!(detect("h", "/healthz"), None);

@@ -96,11 +96,12 @@ fn walk(
     messages: &mut u64,
     depth: u32,
 ) {
-    const TEXT_KEYS: [&str; 8] = [
+    const TEXT_KEYS: [&str; 9] = [
         "content",
         "text",
         "prompt",
         "input",
+        "inputs",
         "system",
         "instructions",
         "arguments",

@@ -4,6 +4,11 @@
 //! objects (SSE with `alt=sse`, otherwise a JSON array); each carries the
 //! cumulative `usageMetadata`, so the latest wins. Output tokens are
 //! candidates plus thoughts.
+//!
+//! Embeddings (`embedContent`, `batchEmbedContents`) report
+//! `usageMetadata.promptTokenCount` in current API versions; Vertex
+//! `predict` reports `predictions[].embeddings.statistics.token_count`,
+//! summed here. Older responses carry no count: the input is estimated.
 
 use std::borrow::Cow;
 
@@ -60,6 +65,24 @@ struct GenerateResponse<'a> {
     model_version: Option<Cow<'a, str>>,
     #[serde(borrow)]
     error: Option<ErrorObj<'a>>,
+    /// Vertex `predict` (embeddings).
+    predictions: Option<Vec<Prediction>>,
+}
+
+#[derive(Deserialize)]
+struct Statistics {
+    #[serde(alias = "tokenCount")]
+    token_count: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct PredictionEmbeddings {
+    statistics: Option<Statistics>,
+}
+
+#[derive(Deserialize)]
+struct Prediction {
+    embeddings: Option<PredictionEmbeddings>,
 }
 
 /// One streamed chunk (`streaming`) or a complete response.
@@ -96,6 +119,18 @@ pub(crate) fn chunk(
         set(&mut usage.output_tokens, output);
         set(&mut usage.cache_read_tokens, u.cached_content_token_count);
         set(&mut usage.reasoning_tokens, u.thoughts_token_count);
+        obs.usage_reported();
+    }
+    let counted = r
+        .predictions
+        .iter()
+        .flatten()
+        .filter_map(|p| p.embeddings.as_ref()?.statistics.as_ref()?.token_count);
+    let vertex_input = counted.fold(None, |sum: Option<u64>, n| {
+        Some(sum.unwrap_or(0).saturating_add(n))
+    });
+    if vertex_input.is_some() {
+        set(&mut obs.usage.input_tokens, vertex_input);
         obs.usage_reported();
     }
     if let Some(e) = r.error {

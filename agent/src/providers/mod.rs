@@ -18,6 +18,7 @@ mod ollama;
 mod openai;
 pub mod sse;
 mod status;
+mod tgi;
 
 pub use assemble::{AssembleStats, CallAssembler, Limits};
 pub use detect::provider_for_host;

@@ -1,6 +1,11 @@
 //! OpenAI wire format: Chat Completions, legacy Completions, Embeddings and
 //! the Responses API. Also spoken by Azure OpenAI and every
-//! OpenAI-compatible server, whose extra fields are ignored.
+//! OpenAI-compatible server. Their own usage fields are read too: Groq's
+//! `x_groq.usage`, DeepSeek's `prompt_cache_hit_tokens`, LiteLLM's
+//! `cache_read_input_tokens` / `cache_creation_input_tokens`, and llama.cpp
+//! server's `timings` (on its OpenAI routes and its native `/completion`,
+//! whose `content`, `stop`, `tokens_evaluated` and `tokens_predicted` are
+//! read here as well).
 
 use std::borrow::Cow;
 
@@ -27,6 +32,11 @@ struct OaUsage {
     completion_tokens_details: Option<Details>,
     input_tokens_details: Option<Details>,
     output_tokens_details: Option<Details>,
+    /// DeepSeek.
+    prompt_cache_hit_tokens: Option<u64>,
+    /// LiteLLM passing on an Anthropic-style count.
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
 }
 
 fn apply_usage(obs: &mut Observed, u: OaUsage) {
@@ -40,7 +50,14 @@ fn apply_usage(obs: &mut Observed, u: OaUsage) {
     );
     set(
         &mut usage.cache_read_tokens,
-        input_details.and_then(|d| d.cached_tokens),
+        input_details
+            .and_then(|d| d.cached_tokens)
+            .or(u.prompt_cache_hit_tokens)
+            .or(u.cache_read_input_tokens),
+    );
+    set(
+        &mut usage.cache_creation_tokens,
+        u.cache_creation_input_tokens,
     );
     set(
         &mut usage.reasoning_tokens,
@@ -137,6 +154,22 @@ struct Choice<'a> {
     finish_reason: Option<Cow<'a, str>>,
 }
 
+/// Groq's extension object; its `usage` ends a stream.
+#[derive(Deserialize)]
+struct XGroq {
+    usage: Option<OaUsage>,
+}
+
+/// llama.cpp server's per-request counters.
+#[derive(Deserialize)]
+struct Timings {
+    /// Prompt tokens processed (not served from the KV cache).
+    prompt_n: Option<u64>,
+    /// Prompt tokens served from the KV cache.
+    cache_n: Option<u64>,
+    predicted_n: Option<u64>,
+}
+
 /// A Chat Completions / Completions chunk or complete response, or an
 /// Embeddings response (whose `data` is skipped).
 #[derive(Deserialize)]
@@ -148,11 +181,54 @@ struct Completion<'a> {
     usage: Option<OaUsage>,
     #[serde(borrow)]
     error: Option<ErrorObj<'a>>,
+    x_groq: Option<XGroq>,
+    timings: Option<Timings>,
+    /// llama.cpp native `/completion`: the generated text, the end flag and
+    /// the token counts.
+    #[serde(borrow)]
+    content: Option<Cow<'a, str>>,
+    stop: Option<serde_json::Value>,
+    #[serde(borrow)]
+    stop_type: Option<Cow<'a, str>>,
+    tokens_evaluated: Option<u64>,
+    tokens_predicted: Option<u64>,
 }
 
-fn apply_completion(obs: &mut Observed, c: Completion<'_>) -> bool {
+/// llama.cpp usage: `tokens_evaluated` / `tokens_predicted` (native), else
+/// the `timings` (prompt = processed + cached). Latest values win.
+fn apply_llama_cpp(obs: &mut Observed, c: &Completion<'_>) {
+    let timings = c.timings.as_ref();
+    let cached = timings.and_then(|t| t.cache_n);
+    let input = c.tokens_evaluated.or_else(|| {
+        let t = timings?;
+        Some(t.prompt_n?.saturating_add(t.cache_n.unwrap_or(0)))
+    });
+    let output = c
+        .tokens_predicted
+        .or_else(|| timings.and_then(|t| t.predicted_n));
+    if input.is_none() && output.is_none() {
+        return;
+    }
+    let usage = &mut obs.usage;
+    set(&mut usage.input_tokens, input);
+    set(&mut usage.output_tokens, output);
+    set(&mut usage.cache_read_tokens, cached);
+    obs.usage_reported();
+}
+
+fn apply_completion(obs: &mut Observed, mut c: Completion<'_>) -> bool {
     obs.model(c.model.as_deref());
     let mut content = false;
+    if let Some(text) = &c.content {
+        content |= !text.is_empty();
+        obs.text(text);
+    }
+    // llama.cpp `/completion`: `stop: true` on the last event (OpenAI's
+    // `stop` is a request field, never in a response).
+    if c.stop.as_ref().and_then(|s| s.as_bool()) == Some(true) {
+        obs.terminal = true;
+        obs.finish(c.stop_type.as_deref());
+    }
     for choice in c.choices.iter().flatten() {
         for m in [&choice.delta, &choice.message].into_iter().flatten() {
             content |= m.collect(obs);
@@ -163,8 +239,23 @@ fn apply_completion(obs: &mut Observed, c: Completion<'_>) -> bool {
         }
         obs.finish(choice.finish_reason.as_deref());
     }
-    if let Some(u) = c.usage {
+    let usage = c
+        .usage
+        .take()
+        .or_else(|| c.x_groq.take().and_then(|x| x.usage));
+    let reported = usage.is_some();
+    if let Some(u) = usage {
         apply_usage(obs, u);
+    }
+    // llama.cpp sends `usage` and `timings` together on its OpenAI routes:
+    // the `usage` wins, the `timings` add the cached prompt tokens.
+    if !reported {
+        apply_llama_cpp(obs, &c);
+    } else if obs.usage.cache_read_tokens.is_none() {
+        set(
+            &mut obs.usage.cache_read_tokens,
+            c.timings.as_ref().and_then(|t| t.cache_n),
+        );
     }
     if let Some(e) = c.error {
         obs.error_type = Some(e.error_type());

@@ -15,7 +15,7 @@ macro_rules! fixtures {
     };
 }
 
-const FIXTURES: [(&str, &str); 28] = fixtures!(
+const FIXTURES: [(&str, &str); 43] = fixtures!(
     "openai_chat",
     "openai_chat_stream_usage",
     "openai_compatible_stream_no_usage",
@@ -44,6 +44,21 @@ const FIXTURES: [(&str, &str); 28] = fixtures!(
     "ollama_embed",
     "ollama_embeddings_legacy",
     "ollama_404_model",
+    "gemini_embed_batch",
+    "gemini_embed_single_no_usage",
+    "tgi_generate",
+    "tgi_generate_stream",
+    "tgi_generate_stream_no_details",
+    "llamacpp_completion",
+    "llamacpp_completion_stream",
+    "llamacpp_chat_stream_timings",
+    "llamacpp_chat_usage_and_timings",
+    "groq_chat_stream",
+    "deepseek_chat",
+    "deepseek_chat_stream_cache_hit",
+    "mistral_chat_stream",
+    "together_chat_stream",
+    "litellm_chat_anthropic_cache",
 );
 
 #[derive(Deserialize)]

@@ -346,3 +346,96 @@ fn a_short_first_write_is_kept_until_the_protocol_is_known() {
     );
     assert_eq!(stats, ParseStats::default());
 }
+
+fn trailers(events: &[HttpEvent]) -> Vec<(u64, Direction, Vec<(String, String)>)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            HttpEvent::Trailers {
+                stream,
+                from,
+                headers,
+                ..
+            } => Some((
+                *stream,
+                *from,
+                headers
+                    .iter()
+                    .map(|h| (h.name.clone(), h.value.clone()))
+                    .collect(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn chunked_trailers_are_reported_before_the_end_without_credentials() {
+    let client = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n\
+2\r\nhi\r\n0\r\nX-Checksum: abc\r\nAuthorization: Bearer sk-secret\r\n\r\n";
+    let server = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+3\r\nabc\r\n0\r\ngrpc-status: 0\r\nGrpc-Message:  ok \r\nbad line without colon\r\nCookie: s=1\r\n\r\n\
+HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let both = b"POST /b HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+    let mut whole = Vec::new();
+    for split in 0..server.len() {
+        let (left, right) = server.split_at(split);
+        let (events, stats) = parse(&[(C, client), (C, both), (S, left), (S, right)], false);
+        let want = vec![
+            (0, C, vec![("x-checksum".into(), "abc".into())]),
+            (
+                0,
+                S,
+                vec![
+                    ("grpc-status".into(), "0".into()),
+                    ("grpc-message".into(), "ok".into()),
+                ],
+            ),
+        ];
+        assert_eq!(trailers(&events), want, "split at {split}");
+        assert_eq!(stats.bad_trailers, 1);
+        // Trailers come after the last body bytes and right before the end.
+        let at = |pred: &dyn Fn(&HttpEvent) -> bool| events.iter().position(pred);
+        let server_trailers =
+            at(&|e| matches!(e, HttpEvent::Trailers { from: S, .. })).expect("server trailers");
+        assert!(matches!(
+            events.get(server_trailers + 1),
+            Some(HttpEvent::ResponseEnd { stream: 0, .. })
+        ));
+        assert!(!format!("{events:?}").contains("sk-secret"));
+        let x = exchanges(&events);
+        assert_eq!(x[&0].response_body, b"abc");
+        assert!(x[&1].response_end, "the next message on the connection");
+        let normal = normalize(&events);
+        if split == 0 {
+            whole = normal;
+        } else {
+            assert_eq!(normal, whole, "split at {split}");
+        }
+    }
+}
+
+#[test]
+fn trailers_past_their_bound_stop_the_connection() {
+    let limits = Limits {
+        max_header_block: 64,
+        ..Limits::default()
+    };
+    let mut p = HttpParser::new(limits);
+    let mut out = Vec::new();
+    p.feed(C, 0, b"GET / HTTP/1.1\r\n\r\n", &mut out);
+    let mut server = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n".to_vec();
+    for i in 0..10 {
+        server.extend_from_slice(format!("x-trailer-{i}: 0123456789\r\n").as_bytes());
+    }
+    p.feed(S, 1, &server, &mut out);
+    assert!(trailers(&out).is_empty());
+    assert_eq!(p.stats().malformed, 1);
+    assert!(matches!(
+        out.last(),
+        Some(HttpEvent::Abort {
+            reason: AbortReason::Malformed,
+            ..
+        })
+    ));
+}

@@ -448,3 +448,159 @@ fn hidden_content_encoding_is_told_by_magic_bytes_however_split() {
         assert!(x[&1].response_end);
     }
 }
+
+#[test]
+fn trailing_headers_are_reported_after_the_body_and_end_the_stream() {
+    let mut c = Conn::new(true);
+    c.feed(C, &frame(HEADERS, END_HEADERS, 1, &post_block()));
+    c.feed(C, &frame(DATA, 0, 1, b"{}"));
+    // Request trailers end the request.
+    c.feed(
+        C,
+        &frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &lit("x-req-trailer", "1"),
+        ),
+    );
+    let gz = gzip(b"hello");
+    c.feed(
+        S,
+        &frame(
+            HEADERS,
+            END_HEADERS,
+            1,
+            &status_block(&[("content-encoding", "gzip")]),
+        ),
+    );
+    c.feed(S, &frame(DATA, 0, 1, &gz));
+    let mut trailer_block = lit("grpc-status", "8");
+    trailer_block.extend(lit("grpc-message", "quota"));
+    trailer_block.extend(lit("authorization", "Bearer sk-secret"));
+    // The trailer block is split across HEADERS and CONTINUATION.
+    let (a, b) = trailer_block.split_at(5);
+    c.feed(S, &frame(HEADERS, END_STREAM, 1, a));
+    c.feed(S, &frame(CONTINUATION, END_HEADERS, 1, b));
+    let x = exchanges(&c.out);
+    assert_eq!(x[&1].response_body, b"hello");
+    assert!(x[&1].request_end && x[&1].response_end);
+    assert_eq!(
+        x[&1].trailer_names,
+        ["x-req-trailer", "grpc-status", "grpc-message"]
+    );
+    assert!(!format!("{:?}", c.out).contains("sk-secret"));
+    let kinds: Vec<&str> = c
+        .out
+        .iter()
+        .map(|e| match e {
+            HttpEvent::Request { .. } => "req",
+            HttpEvent::RequestBody { .. } => "req-body",
+            HttpEvent::RequestEnd { .. } => "req-end",
+            HttpEvent::Response { .. } => "resp",
+            HttpEvent::ResponseBody { .. } => "resp-body",
+            HttpEvent::ResponseEnd { .. } => "resp-end",
+            HttpEvent::Trailers { from: C, .. } => "req-trailers",
+            HttpEvent::Trailers { from: S, .. } => "resp-trailers",
+            HttpEvent::Abort { .. } => "abort",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "req",
+            "req-body",
+            "req-trailers",
+            "req-end",
+            "resp",
+            "resp-body",
+            "resp-trailers",
+            "resp-end"
+        ]
+    );
+    assert_eq!(c.stats(), ParseStats::default());
+}
+
+#[test]
+fn streams_idle_past_the_bound_are_closed_and_counted() {
+    const SECOND: u64 = 1_000_000_000;
+    let limits = Limits {
+        stream_idle_ns: 60 * SECOND,
+        max_concurrent_streams: 4096,
+        ..Limits::default()
+    };
+    let mut p = HttpParser::new(limits);
+    let mut out = Vec::new();
+    let mut start = PREFACE.to_vec();
+    start.extend(frame(SETTINGS, 0, 0, &[]));
+    p.feed(C, 0, &start, &mut out);
+    // A thousand streams whose responses never end, opened over 10 s.
+    for i in 0..1000u32 {
+        let id = 2 * i + 1;
+        let ts = u64::from(i) * SECOND / 100;
+        p.feed(
+            C,
+            ts,
+            &frame(HEADERS, END_HEADERS | END_STREAM, id, &post_block()),
+            &mut out,
+        );
+        p.feed(
+            S,
+            ts,
+            &frame(HEADERS, END_HEADERS, id, &status_block(&[])),
+            &mut out,
+        );
+    }
+    // Stream 2001 stays busy: a DATA frame every 20 s.
+    p.feed(
+        C,
+        10 * SECOND,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 2001, &post_block()),
+        &mut out,
+    );
+    p.feed(
+        S,
+        10 * SECOND,
+        &frame(HEADERS, END_HEADERS, 2001, &status_block(&[])),
+        &mut out,
+    );
+    let mut t = 10 * SECOND;
+    while t < 200 * SECOND {
+        t += 20 * SECOND;
+        p.feed(S, t, &frame(DATA, 0, 2001, b"data: x\n\n"), &mut out);
+    }
+    let idle: Vec<u64> = out
+        .iter()
+        .filter_map(|e| match e {
+            HttpEvent::Abort {
+                stream,
+                reason: AbortReason::Idle,
+                ts_ns,
+            } => {
+                assert!(*ts_ns >= 60 * SECOND, "aborted at {ts_ns}");
+                Some(*stream)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(idle.len(), 1000);
+    assert!(!idle.contains(&2001));
+    assert_eq!(p.stats().streams_idle, 1000);
+    // The busy stream still ends normally.
+    p.feed(S, t + 1, &frame(DATA, END_STREAM, 2001, b""), &mut out);
+    assert!(exchanges(&out)[&2001].response_end);
+    // Timestamps that go backwards (two capture queues) close nothing.
+    p.feed(
+        C,
+        0,
+        &frame(HEADERS, END_HEADERS | END_STREAM, 2003, &post_block()),
+        &mut out,
+    );
+    p.feed(
+        S,
+        5,
+        &frame(HEADERS, END_HEADERS, 2003, &status_block(&[])),
+        &mut out,
+    );
+    assert_eq!(p.stats().streams_idle, 1000);
+}

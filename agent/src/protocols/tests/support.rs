@@ -77,7 +77,8 @@ pub fn normalize(events: &[HttpEvent]) -> Vec<HttpEvent> {
             | HttpEvent::Response { ts_ns, .. }
             | HttpEvent::ResponseBody { ts_ns, .. }
             | HttpEvent::ResponseEnd { ts_ns, .. }
-            | HttpEvent::Abort { ts_ns, .. } => *ts_ns = 0,
+            | HttpEvent::Abort { ts_ns, .. }
+            | HttpEvent::Trailers { ts_ns, .. } => *ts_ns = 0,
         }
         match (out.last_mut(), &e) {
             (
@@ -123,6 +124,7 @@ pub struct Exchange {
     pub request_end: bool,
     pub response_end: bool,
     pub aborts: Vec<String>,
+    pub trailer_names: Vec<String>,
 }
 
 pub fn exchanges(events: &[HttpEvent]) -> BTreeMap<u64, Exchange> {
@@ -164,6 +166,13 @@ pub fn exchanges(events: &[HttpEvent]) -> BTreeMap<u64, Exchange> {
                 .or_default()
                 .aborts
                 .push(format!("{reason:?}")),
+            HttpEvent::Trailers {
+                stream, headers, ..
+            } => map
+                .entry(*stream)
+                .or_default()
+                .trailer_names
+                .extend(headers.iter().map(|h| h.name.clone())),
         }
     }
     map
