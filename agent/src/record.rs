@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod wire;
+
 /// Who served the call, as recognised from host, path and body shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -107,6 +109,12 @@ pub struct LlmCall {
     pub output_chunks: u32,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// The request's HTTP method.
+    #[serde(default)]
+    pub http_method: Option<String>,
+    /// The provider's id for the response (`chatcmpl-…`, `msg_…`, `responseId`).
+    #[serde(default)]
+    pub response_id: Option<String>,
 }
 
 /// Which end of the connection the agent watched.
@@ -133,6 +141,21 @@ pub struct Attribution {
     pub workload: Option<String>,
     pub team: Option<String>,
     pub node: Option<String>,
+    /// The process's real user id.
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// The user name of `uid`, off Kubernetes as well.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The systemd unit the process runs in (off Kubernetes: the workload).
+    #[serde(default)]
+    pub systemd_unit: Option<String>,
+    /// The container's name in its pod.
+    #[serde(default)]
+    pub container: Option<String>,
+    /// Deployment, StatefulSet, DaemonSet, CronJob, Job, ReplicaSet or Pod.
+    #[serde(default)]
+    pub workload_kind: Option<String>,
 }
 
 /// The GPU share charged to a call served on this node.
@@ -143,10 +166,11 @@ pub struct GpuShare {
     pub cost_usd: f64,
 }
 
-/// A call as the exporters see it.
+/// A call as the exporters see it. It is written and read in the exported
+/// layout of [`wire::Event`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(into = "wire::Event", try_from = "wire::AnyRecord")]
 pub struct CallRecord {
-    #[serde(flatten)]
     pub call: LlmCall,
     pub side: Side,
     /// Wall-clock start, nanoseconds since the Unix epoch.
@@ -155,6 +179,13 @@ pub struct CallRecord {
     pub ttft_s: Option<f64>,
     pub attribution: Attribution,
     pub peer: Option<String>,
+    /// The local socket address (`ip:port`), when the socket was seen.
+    #[serde(default)]
+    pub local: Option<String>,
+    /// The TLS library the plaintext came from (`openssl`, `openssl-static`,
+    /// `go`); `None` for plain text.
+    #[serde(default)]
+    pub tls: Option<String>,
     /// Token cost in USD; `None` when the model has no price (never 0 for unknown).
     pub cost_usd: Option<f64>,
     pub gpu: Option<GpuShare>,
@@ -189,6 +220,8 @@ impl LlmCall {
             output_chunks: 0,
             bytes_sent: 0,
             bytes_received: 0,
+            http_method: Some("POST".into()),
+            response_id: None,
         }
     }
 }

@@ -328,6 +328,6 @@ pub fn run_ok(cmd: &mut Command) -> String {
 pub fn by_pid<'a>(records: &'a [Value], pid: u32, side: &str) -> Vec<&'a Value> {
     records
         .iter()
-        .filter(|r| r["attribution"]["pid"] == pid && r["side"] == side)
+        .filter(|r| r["process"]["pid"] == pid && r["side"] == side)
         .collect()
 }

@@ -70,27 +70,27 @@ fn self_hosted_calls_get_a_gpu_share_and_the_report_prices_them() {
     let server_pid = server.guard.0.id();
     let records = agent.wait_records("served calls with GPU shares", |r| {
         let served = by_pid(r, server_pid, "server");
-        served.len() == 2 && served.iter().all(|s| s["gpu"].is_object())
+        served.len() == 2 && served.iter().all(|s| s["gpu_seconds"].is_number())
     });
     let served = by_pid(&records, server_pid, "server");
     let mut total = 0.0;
     for s in &served {
-        let gpu_seconds = s["gpu"]["gpu_seconds"].as_f64().expect("gpu_seconds");
-        let cost = s["gpu"]["cost_usd"].as_f64().expect("cost");
+        let gpu_seconds = s["gpu_seconds"].as_f64().expect("gpu_seconds");
+        let cost = s["gpu_cost_usd"].as_f64().expect("cost");
         assert!(gpu_seconds > 0.0, "{s:#}");
         // $3.6 per GPU-hour is $0.001 per GPU-second.
         assert!((cost - gpu_seconds * 0.001).abs() < 1e-12, "{s:#}");
-        assert!(s["gpu"]["energy_joules"].as_f64().expect("energy") > 0.0);
+        assert!(s["gpu_energy_joules"].as_f64().expect("energy") > 0.0);
         total += gpu_seconds;
     }
     // Equal tokens, equal shares.
-    let a = served[0]["gpu"]["gpu_seconds"].as_f64().unwrap_or(0.0);
+    let a = served[0]["gpu_seconds"].as_f64().unwrap_or(0.0);
     assert!((a * 2.0 - total).abs() < 1e-9, "{served:#?}");
     for pid in &pids {
         let client = by_pid(&records, *pid, "client");
         assert_eq!(client.len(), 1);
         assert!(
-            client[0]["gpu"].is_null(),
+            client[0]["gpu_seconds"].is_null(),
             "remote-style calls carry no GPU share"
         );
     }

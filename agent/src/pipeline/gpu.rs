@@ -208,6 +208,8 @@ mod tests {
                 ..Attribution::default()
             },
             peer: None,
+            local: None,
+            tls: None,
             cost_usd: None,
             gpu: None,
         }

@@ -91,6 +91,8 @@ impl Enricher {
                 .map(|t| secs(t.saturating_sub(call.start_ns))),
             attribution,
             peer: meta.endpoints.map(|e| e.remote.to_string()),
+            local: meta.endpoints.map(|e| e.local.to_string()),
+            tls: meta.tls.then(|| "openssl".to_string()),
             cost_usd,
             gpu: None,
             call,

@@ -62,6 +62,8 @@ impl Block<'_> {
 #[derive(Deserialize)]
 struct Message<'a> {
     #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
     model: Option<Cow<'a, str>>,
     #[serde(borrow)]
     content: Option<Vec<Block<'a>>>,
@@ -72,6 +74,7 @@ struct Message<'a> {
 
 fn apply_message(obs: &mut Observed, m: Message<'_>) {
     obs.model(m.model.as_deref());
+    obs.id(m.id.as_deref());
     for block in m.content.iter().flatten() {
         block.collect(obs);
     }

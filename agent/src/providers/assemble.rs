@@ -564,6 +564,8 @@ impl Exchange {
             output_chunks: self.obs.output_chunks,
             bytes_sent: self.bytes_sent,
             bytes_received: self.bytes_received,
+            http_method: Some(std::mem::take(&mut self.head.method)),
+            response_id: self.obs.response_id.take(),
         })
     }
 

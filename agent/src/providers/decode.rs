@@ -15,6 +15,8 @@ pub(crate) struct BadJson(#[from] serde_json::Error);
 #[derive(Debug, Default)]
 pub(crate) struct Observed {
     pub response_model: Option<String>,
+    /// The provider's id for this response (`id`, `message.id`, `responseId`).
+    pub response_id: Option<String>,
     pub usage: Usage,
     /// The provider reported usage (possibly partial, for a cut stream).
     pub usage_seen: bool,
@@ -75,6 +77,15 @@ impl Observed {
         if let Some(m) = model.filter(|m| !m.is_empty()) {
             if self.response_model.as_deref() != Some(m) {
                 self.response_model = Some(m.to_string());
+            }
+        }
+    }
+
+    /// The first response id seen wins (stream chunks repeat it).
+    pub fn id(&mut self, id: Option<&str>) {
+        if self.response_id.is_none() {
+            if let Some(id) = id.filter(|i| !i.is_empty() && i.len() <= 256) {
+                self.response_id = Some(id.to_string());
             }
         }
     }

@@ -64,6 +64,8 @@ struct GenerateResponse<'a> {
     #[serde(borrow)]
     model_version: Option<Cow<'a, str>>,
     #[serde(borrow)]
+    response_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
     error: Option<ErrorObj<'a>>,
     /// Vertex `predict` (embeddings).
     predictions: Option<Vec<Prediction>>,
@@ -94,6 +96,7 @@ pub(crate) fn chunk(
 ) -> Result<(), BadJson> {
     let r: GenerateResponse<'_> = serde_json::from_slice(data)?;
     obs.model(r.model_version.as_deref());
+    obs.id(r.response_id.as_deref());
     let mut content = false;
     for candidate in r.candidates.iter().flatten() {
         let parts = candidate.content.as_ref().and_then(|c| c.parts.as_ref());

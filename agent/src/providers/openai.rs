@@ -175,6 +175,8 @@ struct Timings {
 #[derive(Deserialize)]
 struct Completion<'a> {
     #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
     model: Option<Cow<'a, str>>,
     #[serde(borrow)]
     choices: Option<Vec<Choice<'a>>>,
@@ -218,6 +220,7 @@ fn apply_llama_cpp(obs: &mut Observed, c: &Completion<'_>) {
 
 fn apply_completion(obs: &mut Observed, mut c: Completion<'_>) -> bool {
     obs.model(c.model.as_deref());
+    obs.id(c.id.as_deref());
     let mut content = false;
     if let Some(text) = &c.content {
         content |= !text.is_empty();
@@ -319,6 +322,8 @@ struct OutputItem<'a> {
 #[derive(Deserialize)]
 struct Response<'a> {
     #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
     model: Option<Cow<'a, str>>,
     #[serde(borrow)]
     status: Option<Cow<'a, str>>,
@@ -333,6 +338,7 @@ struct Response<'a> {
 
 fn apply_response(obs: &mut Observed, r: Response<'_>, with_text: bool) {
     obs.model(r.model.as_deref());
+    obs.id(r.id.as_deref());
     let reason = r
         .incomplete_details
         .as_ref()

@@ -101,6 +101,9 @@ struct Expected {
     retry_after_s: Option<f64>,
     output_chunks: u32,
     first_token_chunk: Option<u64>,
+    /// The response id, read from the recorded body by the fixture script.
+    #[serde(default)]
+    response_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -264,6 +267,8 @@ fn recorded_exchanges_decode_to_the_expected_calls() {
             output_chunks: e.output_chunks,
             bytes_sent: f.request.body.len() as u64,
             bytes_received: chunks.iter().map(|c| c.len() as u64).sum(),
+            http_method: Some(f.request.method.clone()),
+            response_id: e.response_id.clone(),
         };
         assert_eq!(call, expected, "{name}");
         assert_eq!(stats.bad_json, 0, "{name}");
