@@ -15,6 +15,8 @@ mod advice;
 mod advice_tests;
 mod aggregate;
 mod render;
+#[cfg(test)]
+mod sdk_tests;
 pub mod sla;
 #[cfg(test)]
 mod tests;
