@@ -27,6 +27,9 @@ pub struct ModelPrice {
     pub output: u64,
     pub cache_read: u64,
     pub cache_write: u64,
+    /// Reasoning tokens (part of the output count); the output price unless the catalogue
+    /// gives one.
+    pub reasoning: u64,
 }
 
 /// One model in a Tokenscope TOML catalogue (USD per 1M tokens).
@@ -37,6 +40,7 @@ struct TomlModel {
     output: f64,
     cache_read: Option<f64>,
     cache_write: Option<f64>,
+    reasoning: Option<f64>,
     provider: Option<String>,
     #[serde(default)]
     aliases: Vec<String>,
@@ -177,6 +181,10 @@ pub fn parse_catalogue(text: &str, origin: &Path) -> Result<Catalogue, PricingEr
             Some(usd) => per_million("cache_write", usd)?,
             None => input,
         };
+        let reasoning = match model.reasoning {
+            Some(usd) => per_million("reasoning", usd)?,
+            None => output,
+        };
         if let Some(date) = &model.effective {
             if !is_iso_date(date) {
                 return Err(PricingError::BadDate {
@@ -199,6 +207,7 @@ pub fn parse_catalogue(text: &str, origin: &Path) -> Result<Catalogue, PricingEr
             output,
             cache_read,
             cache_write,
+            reasoning,
         });
     }
     Ok(Catalogue {
@@ -251,6 +260,7 @@ fn litellm_entry(name: &str, entry: &serde_json::Value) -> Option<ModelPrice> {
     // LiteLLM writes 0 where a provider does not bill cache writes apart (DeepSeek);
     // those providers never report cache-creation tokens, so 0 is never applied.
     let cache_write = usd_per_token("cache_creation_input_token_cost")?.unwrap_or(input);
+    let reasoning = usd_per_token("output_cost_per_reasoning_token")?.unwrap_or(output);
     let provider = object
         .get("litellm_provider")
         .and_then(|p| p.as_str())
@@ -264,6 +274,7 @@ fn litellm_entry(name: &str, entry: &serde_json::Value) -> Option<ModelPrice> {
         output,
         cache_read,
         cache_write,
+        reasoning,
     })
 }
 

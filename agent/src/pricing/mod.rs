@@ -101,18 +101,21 @@ pub enum CallPrice {
 
 impl ModelPrice {
     /// Exact cost of `usage` at this price. Counts the provider did not report are 0;
-    /// uncached input is the total input less cache reads and cache writes.
+    /// uncached input is the total input less cache reads and cache writes, and
+    /// reasoning tokens (part of the output count) are priced apart from the rest.
     pub fn cost(&self, usage: &Usage) -> u128 {
         let input = usage.input_tokens.unwrap_or(0);
         let cache_read = usage.cache_read_tokens.unwrap_or(0);
         let cache_write = usage.cache_creation_tokens.unwrap_or(0);
         let output = usage.output_tokens.unwrap_or(0);
+        let reasoning = usage.reasoning_tokens.unwrap_or(0).min(output);
         let uncached = input.saturating_sub(cache_read.saturating_add(cache_write));
         let term = |tokens: u64, price: u64| u128::from(tokens) * u128::from(price);
         term(uncached, self.input)
             .saturating_add(term(cache_read, self.cache_read))
             .saturating_add(term(cache_write, self.cache_write))
-            .saturating_add(term(output, self.output))
+            .saturating_add(term(output - reasoning, self.output))
+            .saturating_add(term(reasoning, self.reasoning))
     }
 }
 

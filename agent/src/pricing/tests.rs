@@ -116,6 +116,33 @@ fn gemini_models_prefix_and_reasoning_in_output() {
 }
 
 #[test]
+fn reasoning_tokens_take_their_own_price_when_the_catalogue_gives_one() {
+    let toml =
+        "[models.thinker]\nprovider = \"openai\"\ninput = 1.0\noutput = 4.0\nreasoning = 2.0\n";
+    let entries = parse_toml(toml, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let json = r#"{"thinker-lite": {"litellm_provider": "openai", "input_cost_per_token": 1e-6,
+        "output_cost_per_token": 4e-6, "output_cost_per_reasoning_token": 3e-6}}"#;
+    let lite = parse_litellm(json, Path::new("l.json")).unwrap_or_else(|e| panic!("{e}"));
+    let pricer = Pricer::from_entries([entries, lite.models]);
+    // 1000 in; 500 out of which 300 reasoning.
+    let u = Usage {
+        reasoning_tokens: Some(300),
+        ..usage(1000, 500)
+    };
+    let (cost, _) = pd(&pricer, Provider::Openai, "thinker", &u);
+    assert_eq!(cost, 1000 * 1_000_000 + 200 * 4_000_000 + 300 * 2_000_000);
+    let (cost, _) = pd(&pricer, Provider::Openai, "thinker-lite", &u);
+    assert_eq!(cost, 1000 * 1_000_000 + 200 * 4_000_000 + 300 * 3_000_000);
+    // A reasoning count above the output count (a bad report) is capped at it.
+    let odd = Usage {
+        reasoning_tokens: Some(900),
+        ..usage(0, 500)
+    };
+    let (cost, _) = pd(&pricer, Provider::Openai, "thinker", &odd);
+    assert_eq!(cost, 500 * 2_000_000);
+}
+
+#[test]
 fn openai_compatible_providers() {
     let pricer = Pricer::builtin();
     let (cost, _) = pd(

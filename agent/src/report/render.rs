@@ -215,7 +215,8 @@ fn advice_table(out: &mut String, advice: &AdviceReport) {
             e.errors,
             e.rate_limited,
             duration(e.span_s),
-            opt_secs(e.p95_latency_s).replace('-', "n/a")
+            e.p95_latency_s
+                .map_or_else(|| "n/a".to_owned(), |s| format!("{s:.3} s"))
         );
         if a.latency.candidate_source == LatencySource::Assumed {
             let _ = writeln!(
@@ -234,9 +235,11 @@ fn advice_table(out: &mut String, advice: &AdviceReport) {
     }
 }
 
-/// Seconds as `42 s`, `1.50 h`, `3.0 d`.
+/// Seconds as `0.4 s`, `420 s`, `1.50 h`, `3.0 d`.
 fn duration(seconds: f64) -> String {
-    if seconds < 3600.0 {
+    if seconds < 60.0 {
+        format!("{seconds:.1} s")
+    } else if seconds < 3600.0 {
         format!("{seconds:.0} s")
     } else if seconds < 86_400.0 {
         format!("{:.2} h", seconds / 3600.0)
