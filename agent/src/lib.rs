@@ -10,6 +10,8 @@ pub mod daemon;
 pub mod doctor;
 pub mod events;
 pub mod export;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gpu;
 pub mod pipeline;
 pub mod pricing;

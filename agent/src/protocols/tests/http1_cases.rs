@@ -347,7 +347,10 @@ fn a_short_first_write_is_kept_until_the_protocol_is_known() {
     assert_eq!(stats, ParseStats::default());
 }
 
-fn trailers(events: &[HttpEvent]) -> Vec<(u64, Direction, Vec<(String, String)>)> {
+/// Trailers as (stream, which message, name/value pairs).
+type Trailers = (u64, Direction, Vec<(String, String)>);
+
+fn trailers(events: &[HttpEvent]) -> Vec<Trailers> {
     events
         .iter()
         .filter_map(|e| match e {
