@@ -507,3 +507,57 @@ fn inputs_come_from_files_the_events_flag_or_an_agent() {
     );
     std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[test]
+fn embeddings_move_to_a_cheaper_embedding_model_only() {
+    let search = Who {
+        team: Some("search"),
+        namespace: "search",
+        workload: "indexer",
+        pod: "indexer-0",
+    };
+    let mut records = Vec::new();
+    for i in 0..25u64 {
+        let mut r = base(
+            &search,
+            Provider::Openai,
+            Api::Embeddings,
+            "text-embedding-3-large",
+            30 * i,
+        );
+        r.call.path = "/v1/embeddings".into();
+        r.call.finish_reason = None;
+        records.push(timed(tokens(r, 400 + i, 0, 0, 0), 120 + i, None));
+    }
+    for i in 0..12u64 {
+        let mut r = base(
+            &BULK,
+            Provider::Openai,
+            Api::Embeddings,
+            "text-embedding-3-small",
+            30 * i + 1,
+        );
+        r.call.path = "/v1/embeddings".into();
+        r.call.finish_reason = None;
+        records.push(timed(tokens(r, 800, 0, 0, 0), 90 + i, None));
+    }
+    let report = report_with(
+        &records,
+        sla("[default]\np95_latency_s = 0.5\nclass = \"chat\"\n"),
+        &["text-embedding-3-large=text-embedding-3-small"],
+    );
+    let a = recommendation(&report, "search");
+    // The SLA's class is for its chat calls; an embedding model's calls are embeddings.
+    assert_eq!(a.class, WorkloadClass::Embeddings);
+    assert_eq!(a.class_source, ClassSource::ModelKind);
+    assert_eq!(a.suggested, "text-embedding-3-small");
+    assert!(a.reason.contains("re-embed"), "{}", a.reason);
+    // $0.13 -> $0.02 per 1M input tokens, computed here.
+    let tokens: i128 = (0..25).map(|i| 400 + i).sum();
+    assert_eq!(a.saving.saving_picodollars, tokens * (130_000 - 20_000));
+    let what_if = report
+        .what_if
+        .first()
+        .map(|rule| rule.total.saving_picodollars);
+    assert_eq!(Some(a.saving.saving_picodollars), what_if);
+}
