@@ -394,6 +394,57 @@ fn report_over_real_sdk_calls_matches_the_records_and_the_catalogue() {
     }
     assert_eq!(seen, want.len(), "{csv}");
 
+    // What-if: the gpt-4o call repriced at gpt-4o-mini's catalogue prices.
+    let json: Value = serde_json::from_str(&report(&[
+        "--events",
+        events,
+        "--format",
+        "json",
+        "--what-if",
+        "gpt-4o=gpt-4o-mini",
+    ]))
+    .expect("what-if JSON");
+    let [m_in, m_out, m_read, m_write] = catalogue_price("gpt-4o-mini").expect("mini price");
+    let mut now = 0.0;
+    let mut after = 0.0;
+    for r in mine.iter().filter(|r| r["request_model"] == "gpt-4o") {
+        let (input, output) = (n(&r["input_tokens"]), n(&r["output_tokens"]));
+        let (read, write) = (
+            n(&r["cache_read_input_tokens"]),
+            n(&r["cache_creation_input_tokens"]),
+        );
+        let [p_in, p_out, p_read, p_write] = record_price(r).expect("gpt-4o price");
+        let at = |i: f64, o: f64, cr: f64, cw: f64| {
+            ((input - read - write) as f64 * i
+                + read as f64 * cr
+                + write as f64 * cw
+                + output as f64 * o)
+                / 1e6
+        };
+        now += at(p_in, p_out, p_read, p_write);
+        after += at(m_in, m_out, m_read, m_write);
+    }
+    let total = &json["what_if"][0]["total"];
+    assert_eq!(n(&total["calls"]), 1, "{json:#}");
+    close(
+        total["cost_now_usd"].as_f64().expect("now"),
+        now,
+        1e-12,
+        "what-if now",
+    );
+    close(
+        total["cost_after_usd"].as_f64().expect("after"),
+        after,
+        1e-12,
+        "what-if after",
+    );
+    close(
+        total["saving_usd"].as_f64().expect("saving"),
+        now - after,
+        1e-12,
+        "saving",
+    );
+
     // The live agent: its recent calls hold this test's calls (and maybe others').
     let url = format!("http://127.0.0.1:{}", agent.port);
     let live: Value = serde_json::from_str(&report(&[
