@@ -192,7 +192,7 @@ fn report_over_real_sdk_calls_matches_the_records_and_the_catalogue() {
     let agent = Agent::start(&[]);
     let (p, t) = (plain.base(), tls.base());
 
-    let pids = vec![
+    let pids = [
         sdk_call("openai", &t, "gpt-4o-mini", "plain"),
         sdk_call("openai", &t, "gpt-4o-mini", "stream"),
         sdk_call("openai", &p, "gpt-4o-mini", "stream"),
