@@ -224,7 +224,11 @@ async fn cache_follows_list_and_watch_from_a_real_client() {
     })
     .await;
     assert_eq!(legacy.workload_kind, "ReplicaSet");
-    assert_eq!(legacy.team, None);
+    assert_eq!(
+        legacy.team.as_deref(),
+        Some("default"),
+        "the namespace name"
+    );
 
     // Only this node's pods: 7 of the 8 in the fixture.
     assert_eq!(cache.len(), 7);

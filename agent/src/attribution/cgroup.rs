@@ -12,10 +12,12 @@ pub struct CgroupIdentity {
 
 /// Parses the cgroup v2 path (`0::/...` line of /proc/<pid>/cgroup) or any
 /// v1 line. Understands systemd and cgroupfs drivers of kubelet, containerd,
-/// CRI-O, Docker and Podman.
+/// CRI-O, Docker and Podman, and containerd's `<slice>:cri-containerd:<id>`
+/// form (kind, k3s).
 pub fn parse_cgroup_path(path: &str) -> CgroupIdentity {
     let mut id = CgroupIdentity::default();
-    for part in path.split('/') {
+    let mut unit = None;
+    for part in path.split(['/', ':']) {
         if let Some(uid) = pod_uid_of(part) {
             id.pod_uid = Some(uid);
             continue;
@@ -24,9 +26,14 @@ pub fn parse_cgroup_path(path: &str) -> CgroupIdentity {
             id.container_id = Some(cid);
             continue;
         }
-        if part.ends_with(".service") {
-            id.unit = Some(part.to_string());
+        // The innermost unit wins: `user@1000.service/app.slice/foo.service` is foo.
+        if part.ends_with(".service") || part.ends_with(".scope") {
+            unit = Some(part);
         }
+    }
+    // A container's scope or its runtime's service is not the process's unit.
+    if id.container_id.is_none() && id.pod_uid.is_none() {
+        id.unit = unit.map(str::to_string);
     }
     id
 }
@@ -34,20 +41,38 @@ pub fn parse_cgroup_path(path: &str) -> CgroupIdentity {
 /// Reads and parses `/proc/<pid>/cgroup`.
 pub fn identity_of_pid(proc_root: &str, pid: u32) -> Option<(String, CgroupIdentity)> {
     let text = std::fs::read_to_string(format!("{proc_root}/{pid}/cgroup")).ok()?;
-    // cgroup v2 has one line "0::<path>"; on v1 take the first line naming a pod or container.
-    let mut best: Option<(String, CgroupIdentity)> = None;
+    best_line(&text)
+}
+
+/// The line of a `/proc/<pid>/cgroup` text that says the most: one naming a
+/// container or pod, else one naming a systemd unit, else the v2 line (`0::`),
+/// else the v1 `name=systemd` line, else the first.
+pub fn best_line(text: &str) -> Option<(String, CgroupIdentity)> {
+    let mut best: Option<(u8, String, CgroupIdentity)> = None;
     for line in text.lines() {
-        let path = line.splitn(3, ':').nth(2).unwrap_or("");
+        let mut fields = line.splitn(3, ':');
+        let (Some(hierarchy), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
         let id = parse_cgroup_path(path);
-        let rich = id.pod_uid.is_some() || id.container_id.is_some();
-        if best.is_none() || rich {
-            best = Some((path.to_string(), id));
-            if rich {
-                break;
-            }
+        let rank = if id.pod_uid.is_some() || id.container_id.is_some() {
+            4
+        } else if id.unit.is_some() {
+            3
+        } else if hierarchy == "0" && controllers.is_empty() {
+            2
+        } else if controllers == "name=systemd" {
+            1
+        } else {
+            0
+        };
+        if best.as_ref().is_none_or(|(r, _, _)| rank > *r) {
+            best = Some((rank, path.to_string(), id));
         }
     }
-    best
+    best.map(|(_, path, id)| (path, id))
 }
 
 fn pod_uid_of(part: &str) -> Option<String> {
@@ -112,6 +137,40 @@ mod tests {
             parse_cgroup_path("/user.slice/podman.slice"),
             CgroupIdentity::default()
         );
+    }
+
+    #[test]
+    fn kind_style_paths_and_units_inside_containers() {
+        let id = parse_cgroup_path(&format!(
+            "/system.slice/containerd.service/kubepods-besteffort-pod1a2b3c4d_5e6f_7a8b_9c0d_1e2f3a4b5c6d.slice:cri-containerd:{CID}"
+        ));
+        assert_eq!(
+            id.pod_uid.as_deref(),
+            Some("1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d")
+        );
+        assert_eq!(id.container_id.as_deref(), Some(CID));
+        assert_eq!(id.unit, None, "containerd.service is the runtime's unit");
+        let id = parse_cgroup_path(
+            "/user.slice/user-1000.slice/user@1000.service/app.slice/jupyter.service",
+        );
+        assert_eq!(id.unit.as_deref(), Some("jupyter.service"));
+        let id = parse_cgroup_path("/user.slice/user-1000.slice/session-4.scope");
+        assert_eq!(id.unit.as_deref(), Some("session-4.scope"));
+    }
+
+    #[test]
+    fn the_line_that_says_most_wins_on_hybrid_and_v1_hosts() {
+        // Hybrid host: v1 controllers, then name=systemd, then v2.
+        let hybrid = "12:pids:/\n4:memory:/process_api/3a75\n1:name=systemd:/system.slice/demo.service\n0::/system.slice/demo.service\n";
+        let (path, id) = best_line(hybrid).unwrap();
+        assert_eq!(path, "/system.slice/demo.service");
+        assert_eq!(id.unit.as_deref(), Some("demo.service"));
+        let pod = format!("11:cpu:/kubepods/besteffort/pod1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d/{CID}\n1:name=systemd:/\n0::/\n");
+        let (_, id) = best_line(&pod).unwrap();
+        assert_eq!(id.container_id.as_deref(), Some(CID));
+        let (path, id) = best_line("3:memory:/sandbox\n0::/\n").unwrap();
+        assert_eq!((path.as_str(), id), ("/", CgroupIdentity::default()));
+        assert_eq!(best_line("garbage"), None);
     }
 
     #[test]

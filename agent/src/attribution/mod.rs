@@ -2,11 +2,13 @@
 
 pub mod cgroup;
 pub mod k8s;
+mod users;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::record::Attribution;
 use cgroup::{identity_of_pid, CgroupIdentity};
+pub use users::Users;
 
 /// One process the agent knows about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,6 +22,40 @@ pub struct ProcessInfo {
     pub identity: CgroupIdentity,
     pub start_ns: u64,
     pub exited_ns: Option<u64>,
+    /// Real user ID, from /proc/<pid>/status.
+    pub uid: Option<u32>,
+    /// The name of `uid` on this host; None inside containers, whose users are their own.
+    pub user: Option<String>,
+    /// The team [`HostTeams`] gives the process's systemd unit or user.
+    pub team: Option<String>,
+}
+
+/// Teams of processes in no pod: by systemd unit, then by user name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostTeams {
+    pub by_unit: BTreeMap<String, String>,
+    pub by_user: BTreeMap<String, String>,
+}
+
+impl HostTeams {
+    pub fn is_empty(&self) -> bool {
+        self.by_unit.is_empty() && self.by_user.is_empty()
+    }
+
+    pub fn team_of(&self, unit: Option<&str>, user: Option<&str>) -> Option<String> {
+        unit.and_then(|u| self.by_unit.get(u))
+            .or_else(|| user.and_then(|u| self.by_user.get(u)))
+            .cloned()
+    }
+}
+
+impl From<&crate::config::TeamsConfig> for HostTeams {
+    fn from(config: &crate::config::TeamsConfig) -> HostTeams {
+        HostTeams {
+            by_unit: config.units.clone(),
+            by_user: config.users.clone(),
+        }
+    }
 }
 
 /// Processes by pid, from exec/exit events and /proc for those started
@@ -31,6 +67,8 @@ pub struct ProcessTable {
     grace_ns: u64,
     max: usize,
     proc_root: String,
+    users: Users,
+    teams: HostTeams,
 }
 
 impl ProcessTable {
@@ -41,7 +79,21 @@ impl ProcessTable {
             grace_ns,
             max,
             proc_root: proc_root.to_string(),
+            users: Users::new("/etc/passwd"),
+            teams: HostTeams::default(),
         }
+    }
+
+    /// Gives processes in no pod a team from their systemd unit or user.
+    pub fn with_host_teams(mut self, teams: HostTeams) -> ProcessTable {
+        self.teams = teams;
+        self
+    }
+
+    /// Reads user names from `path` instead of /etc/passwd.
+    pub fn with_passwd(mut self, path: &str) -> ProcessTable {
+        self.users = Users::new(path);
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -69,6 +121,18 @@ impl ProcessTable {
             return;
         }
         let (cgroup_path, identity) = identity_of_pid(&self.proc_root, pid).unzip();
+        let identity = identity.unwrap_or_default();
+        let uid = uid_of_pid(&self.proc_root, pid);
+        let in_container = identity.container_id.is_some() || identity.pod_uid.is_some();
+        let user = uid
+            .filter(|_| !in_container)
+            .and_then(|uid| self.users.name(uid));
+        let team = (!in_container)
+            .then(|| {
+                self.teams
+                    .team_of(identity.unit.as_deref(), user.as_deref())
+            })
+            .flatten();
         let exe = std::fs::read_link(format!("{}/{pid}/exe", self.proc_root))
             .ok()
             .map(|p| p.to_string_lossy().into_owned())
@@ -82,9 +146,12 @@ impl ProcessTable {
                 exe,
                 cgroup_id,
                 cgroup_path,
-                identity: identity.unwrap_or_default(),
+                identity,
                 start_ns: ts_ns,
                 exited_ns: None,
+                uid,
+                user,
+                team,
             },
         );
     }
@@ -142,7 +209,20 @@ impl ProcessTable {
     }
 }
 
-/// Fills the record's attribution from what is known of the process.
+/// The real uid from the `Uid:` line of /proc/<pid>/status.
+fn uid_of_pid(proc_root: &str, pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("{proc_root}/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next())
+        .and_then(|uid| uid.parse().ok())
+}
+
+/// Fills the record's attribution from what is known of the process: its
+/// container and pod UID from the cgroup, or off Kubernetes its systemd unit,
+/// user and the team those map to. The pod's names come later, from the API
+/// server (`pipeline::apply_pod`).
 pub fn attribute(
     info: Option<&ProcessInfo>,
     pid: u32,
@@ -160,8 +240,10 @@ pub fn attribute(
         a.cgroup_id = p.cgroup_id;
         a.container_id = p.identity.container_id.clone();
         a.pod_uid = p.identity.pod_uid.clone();
-        // Outside Kubernetes the systemd unit is the workload.
-        a.workload = p.identity.unit.clone();
+        a.systemd_unit = p.identity.unit.clone();
+        a.uid = p.uid;
+        a.user = p.user.clone();
+        a.team = p.team.clone();
     }
     a
 }
@@ -183,6 +265,47 @@ mod tests {
         assert!(table.get(me).is_some(), "kept during grace");
         table.evict(1_200);
         assert!(table.get(me).is_none());
+    }
+
+    #[test]
+    fn processes_outside_containers_get_their_user_and_host_team() {
+        let dir = std::env::temp_dir().join(format!("tokenscope-users-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let passwd = dir.join("passwd");
+        let me = std::process::id();
+        let uid = uid_of_pid("/proc", me).unwrap();
+        std::fs::write(&passwd, format!("# builder is this test's uid\nbuilder:x:{uid}:{uid}::/:/bin/sh\nother:x:{}:0::/:/bin/sh\n", uid + 1)).unwrap();
+        let mut teams = HostTeams::default();
+        teams.by_user.insert("builder".into(), "platform".into());
+        let mut table = ProcessTable::new("/proc", 1_000, 100)
+            .with_passwd(passwd.to_str().unwrap())
+            .with_host_teams(teams.clone());
+        table.on_exec(me, 1, "cargo", "", 0, 1);
+        let p = table.get(me).unwrap();
+        assert_eq!((p.uid, p.user.as_deref()), (Some(uid), Some("builder")));
+        let a = attribute(Some(p), me, "cargo", Some("node-a"));
+        assert_eq!(a.user.as_deref(), Some("builder"));
+        if p.identity.unit.is_none() && p.identity.container_id.is_none() {
+            assert_eq!(a.team.as_deref(), Some("platform"));
+        }
+        // A unit's team comes before its user's.
+        teams
+            .by_unit
+            .insert("demo.service".into(), "research".into());
+        assert_eq!(
+            teams
+                .team_of(Some("demo.service"), Some("builder"))
+                .as_deref(),
+            Some("research")
+        );
+        assert_eq!(
+            teams
+                .team_of(Some("other.service"), Some("builder"))
+                .as_deref(),
+            Some("platform")
+        );
+        assert_eq!(teams.team_of(None, None), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

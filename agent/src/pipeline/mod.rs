@@ -100,10 +100,17 @@ impl Enricher {
     }
 }
 
-/// Fills namespace, pod, workload and team from the pod's metadata.
+/// Fills namespace, pod, container name, workload and team from the pod's metadata.
 pub fn apply_pod(a: &mut Attribution, pod: PodMeta) {
+    a.container = a
+        .container_id
+        .as_deref()
+        .and_then(|id| pod.container_name(id))
+        .map(str::to_string);
+    a.pod_uid = Some(pod.uid);
     a.namespace = Some(pod.namespace);
     a.pod = Some(pod.name);
+    a.workload_kind = Some(pod.workload_kind);
     a.workload = Some(pod.workload);
     a.team = pod.team;
 }

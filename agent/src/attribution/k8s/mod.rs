@@ -7,10 +7,10 @@ mod watch;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
-pub use watch::start;
+pub use watch::{start, start_with};
 
 /// Pods kept; kubelet's own limit is 110 by default and rarely above 500.
 pub const MAX_PODS: usize = 4_096;
@@ -38,8 +38,99 @@ pub struct PodMeta {
     pub workload: String,
     /// `Deployment`, `CronJob`, `Job`, `ReplicaSet`, `StatefulSet`, `DaemonSet`, `Pod`, ...
     pub workload_kind: String,
+    /// From the pod's team label or annotation, else its namespace's, else the namespace name.
     pub team: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// (container ID without its `containerd://` prefix, container name), init and ephemeral containers included.
+    pub containers: Vec<(String, String)>,
+}
+
+impl PodMeta {
+    /// The name of the container with this runtime ID.
+    pub fn container_name(&self, container_id: &str) -> Option<&str> {
+        self.containers
+            .iter()
+            .find(|(id, _)| id == container_id)
+            .map(|(_, name)| name.as_str())
+    }
+}
+
+/// Where the team is read: this label, then this annotation, on the pod and
+/// then on its namespace; the namespace name last.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TeamKeys {
+    pub label: String,
+    /// None: annotations are not read.
+    pub annotation: Option<String>,
+}
+
+impl TeamKeys {
+    /// The same key as label and annotation (the default: `team`).
+    pub fn new(key: &str) -> TeamKeys {
+        TeamKeys {
+            label: key.to_string(),
+            annotation: Some(key.to_string()),
+        }
+    }
+
+    /// From `kubernetes.team_label` and `kubernetes.team_annotation` (empty: none).
+    pub fn from_config(config: &crate::config::KubernetesConfig) -> TeamKeys {
+        TeamKeys {
+            label: config.team_label.clone(),
+            annotation: Some(config.team_annotation.clone()).filter(|a| !a.trim().is_empty()),
+        }
+    }
+
+    fn find(&self, meta: &ObjectMeta) -> Option<String> {
+        let get = |map: &Option<BTreeMap<String, String>>, key: &str| {
+            map.as_ref()
+                .and_then(|m| m.get(key))
+                .filter(|t| !t.trim().is_empty())
+                .cloned()
+        };
+        get(&meta.labels, &self.label).or_else(|| {
+            self.annotation
+                .as_deref()
+                .and_then(|key| get(&meta.annotations, key))
+        })
+    }
+}
+
+/// A namespace as attribution keeps it: labels and the team annotation only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceMeta {
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl NamespaceMeta {
+    fn from_meta(meta: &ObjectMeta, keys: &TeamKeys) -> NamespaceMeta {
+        NamespaceMeta {
+            labels: meta.labels.clone().unwrap_or_default(),
+            annotations: kept_annotations(meta, keys),
+        }
+    }
+
+    fn team(&self, keys: &TeamKeys) -> Option<String> {
+        keys.find(&ObjectMeta {
+            labels: Some(self.labels.clone()),
+            annotations: Some(self.annotations.clone()),
+            ..ObjectMeta::default()
+        })
+    }
+}
+
+/// The team annotation alone: other annotations can be large (last-applied configs).
+fn kept_annotations(meta: &ObjectMeta, keys: &TeamKeys) -> BTreeMap<String, String> {
+    let Some(key) = keys.annotation.as_deref() else {
+        return BTreeMap::new();
+    };
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get_key_value(key))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .into_iter()
+        .collect()
 }
 
 /// The controller of a ReplicaSet or Job.
@@ -141,8 +232,8 @@ fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
 pub fn pod_meta(
     pod: &Pod,
     owners: &impl OwnerLookup,
-    namespace_labels: Option<&BTreeMap<String, String>>,
-    team_label: &str,
+    ns: Option<&NamespaceMeta>,
+    keys: &TeamKeys,
 ) -> Option<PodMeta> {
     let meta = &pod.metadata;
     let name = meta.name.clone()?;
@@ -150,11 +241,28 @@ pub fn pod_meta(
     let uid = meta.uid.clone()?;
     let labels = meta.labels.clone().unwrap_or_default();
     let (workload_kind, workload) = workload_of(meta, &namespace, &name, &labels, owners);
-    let team = labels
-        .get(team_label)
-        .or_else(|| namespace_labels.and_then(|l| l.get(team_label)))
-        .filter(|t| !t.is_empty())
-        .cloned();
+    let team = keys
+        .find(meta)
+        .or_else(|| ns.and_then(|ns| ns.team(keys)))
+        .or_else(|| Some(namespace.clone()));
+    let containers = pod
+        .status
+        .iter()
+        .flat_map(|s| {
+            [
+                &s.container_statuses,
+                &s.init_container_statuses,
+                &s.ephemeral_container_statuses,
+            ]
+        })
+        .flatten()
+        .flatten()
+        .filter_map(|c| {
+            let id = c.container_id.as_deref()?;
+            let id = id.split_once("://").map_or(id, |(_, id)| id);
+            Some((id.to_string(), c.name.clone()))
+        })
+        .collect();
     let ip = pod
         .status
         .as_ref()
@@ -169,6 +277,7 @@ pub fn pod_meta(
         workload_kind,
         team,
         labels,
+        containers,
     })
 }
 
@@ -208,14 +317,27 @@ fn workload_of(
 
 /// The parts of a pod that `pod_meta` and the IP index read; the rest is
 /// dropped so the cache stays small.
-fn slim(pod: Pod) -> Pod {
+fn slim(pod: Pod, keys: &TeamKeys) -> Pod {
+    let annotations = kept_annotations(&pod.metadata, keys);
     let meta = pod.metadata;
+    let containers = |statuses: Option<Vec<ContainerStatus>>| {
+        statuses.map(|list| {
+            list.into_iter()
+                .map(|c| ContainerStatus {
+                    name: c.name,
+                    container_id: c.container_id,
+                    ..ContainerStatus::default()
+                })
+                .collect()
+        })
+    };
     Pod {
         metadata: ObjectMeta {
             name: meta.name,
             namespace: meta.namespace,
             uid: meta.uid,
             labels: meta.labels,
+            annotations: Some(annotations).filter(|a| !a.is_empty()),
             owner_references: meta.owner_references,
             ..ObjectMeta::default()
         },
@@ -227,6 +349,9 @@ fn slim(pod: Pod) -> Pod {
             phase: s.phase,
             pod_ip: s.pod_ip,
             pod_ips: s.pod_ips,
+            container_statuses: containers(s.container_statuses),
+            init_container_statuses: containers(s.init_container_statuses),
+            ephemeral_container_statuses: containers(s.ephemeral_container_statuses),
             ..PodStatus::default()
         }),
     }
@@ -257,18 +382,18 @@ fn own_ips(pod: &Pod) -> Vec<String> {
 }
 
 struct State {
-    team_label: String,
+    keys: TeamKeys,
     pods: HashMap<String, Pod>,
     ips: HashMap<String, String>,
     owners: OwnerIndex,
-    namespaces: HashMap<String, BTreeMap<String, String>>,
+    namespaces: HashMap<String, NamespaceMeta>,
     dropped: u64,
 }
 
 impl Default for State {
     fn default() -> State {
         State {
-            team_label: "team".to_string(),
+            keys: TeamKeys::new("team"),
             pods: HashMap::new(),
             ips: HashMap::new(),
             owners: OwnerIndex::default(),
@@ -281,7 +406,7 @@ impl Default for State {
 impl State {
     fn meta_of(&self, pod: &Pod) -> Option<PodMeta> {
         let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
-        pod_meta(pod, &self.owners, self.namespaces.get(ns), &self.team_label)
+        pod_meta(pod, &self.owners, self.namespaces.get(ns), &self.keys)
     }
 
     fn upsert_pod(&mut self, pod: Pod) {
@@ -292,7 +417,7 @@ impl State {
             self.dropped += 1;
             return;
         }
-        let pod = slim(pod);
+        let pod = slim(pod, &self.keys);
         self.unindex_ips(&uid);
         for ip in own_ips(&pod) {
             self.ips.insert(ip, uid.clone());
@@ -323,8 +448,8 @@ impl State {
             self.dropped += 1;
             return;
         }
-        self.namespaces
-            .insert(name, meta.labels.clone().unwrap_or_default());
+        let namespace = NamespaceMeta::from_meta(meta, &self.keys);
+        self.namespaces.insert(name, namespace);
     }
 
     fn upsert_owner(&mut self, kind: &str, meta: &ObjectMeta) {
@@ -342,10 +467,15 @@ pub struct PodCache {
 }
 
 impl PodCache {
-    /// An empty cache that reads the team from `team_label`.
-    pub fn new(team_label: &str) -> PodCache {
+    /// An empty cache that reads the team from the label and annotation `team_key`.
+    pub fn new(team_key: &str) -> PodCache {
+        PodCache::with_keys(TeamKeys::new(team_key))
+    }
+
+    /// An empty cache that reads the team where `keys` say.
+    pub fn with_keys(keys: TeamKeys) -> PodCache {
         let cache = PodCache::default();
-        cache.write().team_label = team_label.to_string();
+        cache.write().keys = keys;
         cache
     }
 

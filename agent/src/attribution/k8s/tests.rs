@@ -37,19 +37,20 @@ fn owners() -> OwnerIndex {
     index
 }
 
-fn ns_labels(name: &str) -> BTreeMap<String, String> {
+fn ns_meta(name: &str) -> NamespaceMeta {
     let list: List<Namespace> = serde_json::from_str(NAMESPACES).unwrap();
-    list.items
+    let ns = list
+        .items
         .into_iter()
         .find(|n| n.metadata.name.as_deref() == Some(name))
-        .and_then(|n| n.metadata.labels)
-        .unwrap_or_else(|| panic!("no labels on namespace {name}"))
+        .unwrap_or_else(|| panic!("no namespace {name}"));
+    NamespaceMeta::from_meta(&ns.metadata, &TeamKeys::new("team"))
 }
 
 fn meta(name: &str, owners: &OwnerIndex) -> PodMeta {
     let p = pod(name);
-    let ns = ns_labels(p.metadata.namespace.as_deref().unwrap());
-    pod_meta(&p, owners, Some(&ns), "team").unwrap()
+    let ns = ns_meta(p.metadata.namespace.as_deref().unwrap());
+    pod_meta(&p, owners, Some(&ns), &TeamKeys::new("team")).unwrap()
 }
 
 fn workload(m: &PodMeta) -> (&str, &str) {
@@ -78,8 +79,8 @@ fn deployment_is_named_from_the_template_hash_before_the_replicaset_is_known() {
 fn replicaset_without_controller_is_the_workload() {
     let m = meta("legacy-worker-7xq2r", &owners());
     assert_eq!(workload(&m), ("ReplicaSet", "legacy-worker"));
-    // Neither pod nor namespace `default` has a team.
-    assert_eq!(m.team, None);
+    // Neither pod nor namespace `default` has a team: the namespace name is the team.
+    assert_eq!(m.team.as_deref(), Some("default"));
 }
 
 #[test]
@@ -108,7 +109,7 @@ fn statefulset_daemonset_and_bare_pods() {
     assert_eq!(m.team.as_deref(), Some("serving"));
     let m = meta("node-exporter-5xk2d", &index);
     assert_eq!(workload(&m), ("DaemonSet", "node-exporter"));
-    assert_eq!(m.team, None);
+    assert_eq!(m.team.as_deref(), Some("monitoring"));
     let m = meta("debug-shell", &index);
     assert_eq!(workload(&m), ("Pod", "debug-shell"));
 }
@@ -116,21 +117,88 @@ fn statefulset_daemonset_and_bare_pods() {
 #[test]
 fn team_label_name_is_configurable_and_missing_namespace_labels_are_fine() {
     let p = pod("vllm-0");
-    let m = pod_meta(&p, &owners(), None, "team").unwrap();
+    let team = TeamKeys::new("team");
+    let cost_center = TeamKeys::new("cost-center");
+    let m = pod_meta(&p, &owners(), None, &team).unwrap();
     assert_eq!(m.team.as_deref(), Some("serving"));
-    let m = pod_meta(&p, &owners(), None, "cost-center").unwrap();
-    assert_eq!(m.team, None);
-    let mut ns = BTreeMap::new();
-    ns.insert("cost-center".to_string(), "cc-42".to_string());
-    let m = pod_meta(&p, &owners(), Some(&ns), "cost-center").unwrap();
+    let m = pod_meta(&p, &owners(), None, &cost_center).unwrap();
+    assert_eq!(m.team.as_deref(), Some("inference"), "the namespace name");
+    let mut ns = NamespaceMeta::default();
+    ns.labels
+        .insert("cost-center".to_string(), "cc-42".to_string());
+    let m = pod_meta(&p, &owners(), Some(&ns), &cost_center).unwrap();
     assert_eq!(m.team.as_deref(), Some("cc-42"));
+}
+
+#[test]
+fn team_annotations_come_after_labels_on_the_pod_then_the_namespace() {
+    let keys = TeamKeys {
+        label: "team".to_string(),
+        annotation: Some("example.com/team".to_string()),
+    };
+    let mut p = pod("chat-api-7d9f8b6c5d-x2k4p");
+    let ns = ns_meta("inference");
+    let annotate = |p: &mut Pod, value: &str| {
+        p.metadata.annotations = Some(BTreeMap::from([
+            ("example.com/team".to_string(), value.to_string()),
+            (
+                "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+                "{}".to_string(),
+            ),
+        ]));
+    };
+    annotate(&mut p, "search");
+    // The pod's annotation wins over the namespace's label.
+    let m = pod_meta(&p, &owners(), Some(&ns), &keys).unwrap();
+    assert_eq!(m.team.as_deref(), Some("search"));
+    // ... and the pod's label over its annotation.
+    p.metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert("team".to_string(), "payments".to_string());
+    let m = pod_meta(&p, &owners(), Some(&ns), &keys).unwrap();
+    assert_eq!(m.team.as_deref(), Some("payments"));
+    // A namespace annotation, when neither the pod nor the namespace has a label.
+    let mut bare = pod("debug-shell");
+    let mut default_ns = ns_meta("default");
+    default_ns
+        .annotations
+        .insert("example.com/team".to_string(), "sre".to_string());
+    let m = pod_meta(&bare, &owners(), Some(&default_ns), &keys).unwrap();
+    assert_eq!(m.team.as_deref(), Some("sre"));
+    // The cache keeps only the team annotation of a pod.
+    annotate(&mut bare, "oncall");
+    let cache = PodCache::with_keys(keys);
+    cache.apply_pod(bare);
+    let stored = cache.read().pods.values().next().cloned().unwrap();
+    assert_eq!(stored.metadata.annotations.unwrap().len(), 1);
+    let m = cache
+        .by_uid("4d5e6f7a-8b9c-4d0e-9f1a-2b3c4d5e6f7a")
+        .unwrap();
+    assert_eq!(m.team.as_deref(), Some("oncall"));
+}
+
+#[test]
+fn container_names_by_runtime_id() {
+    let cache = PodCache::new("team");
+    for p in pods() {
+        cache.apply_pod(p);
+    }
+    let m = cache
+        .by_uid("3f1e2d4c-8b7a-4c5d-9e6f-0a1b2c3d4e5f")
+        .unwrap();
+    assert_eq!(
+        m.container_name("3f1e2d4c8b7a4c5d9e6f0a1b2c3d4e5f3f1e2d4c8b7a4c5d9e6f0a1b2c3d4e5f"),
+        Some("chat")
+    );
+    assert_eq!(m.container_name("3f1e2d4c"), None);
 }
 
 #[test]
 fn pod_without_uid_is_refused() {
     let mut p = pod("debug-shell");
     p.metadata.uid = None;
-    assert_eq!(pod_meta(&p, &owners(), None, "team"), None);
+    assert_eq!(pod_meta(&p, &owners(), None, &TeamKeys::new("team")), None);
 }
 
 #[test]

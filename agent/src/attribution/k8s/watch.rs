@@ -15,20 +15,32 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use super::{K8sError, PodCache, State};
+use super::{K8sError, PodCache, State, TeamKeys};
 
-/// Starts the watchers and returns the cache they fill. API errors are
-/// logged and retried with backoff; the watchers stop on `shutdown`.
+/// Starts the watchers and returns the cache they fill, reading the team from
+/// the label and annotation `team_key`. API errors are logged and retried
+/// with backoff; the watchers stop on `shutdown`.
 pub async fn start(
     client: Client,
     node_name: &str,
-    team_label: &str,
+    team_key: &str,
+    shutdown: CancellationToken,
+) -> Result<PodCache, K8sError> {
+    start_with(client, node_name, TeamKeys::new(team_key), shutdown).await
+}
+
+/// As [`start`], with the team label and annotation given apart.
+pub async fn start_with(
+    client: Client,
+    node_name: &str,
+    keys: TeamKeys,
     shutdown: CancellationToken,
 ) -> Result<PodCache, K8sError> {
     if node_name.trim().is_empty() {
         return Err(K8sError::NoNodeName);
     }
-    let cache = PodCache::new(team_label);
+    let team_label = keys.label.clone();
+    let cache = PodCache::with_keys(keys);
     let on_node = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
     spawn(Api::<Pod>::all(client.clone()), on_node, &cache, &shutdown);
     spawn(
@@ -49,7 +61,7 @@ pub async fn start(
         &cache,
         &shutdown,
     );
-    tracing::info!(event = "k8s.watch_started", node = node_name, team_label);
+    tracing::info!(event = "k8s.watch_started", node = node_name, team_label = %team_label);
     Ok(cache)
 }
 
