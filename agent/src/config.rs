@@ -36,7 +36,6 @@ pub struct Config {
     pub export: ExportConfig,
     pub gpu: GpuConfig,
     pub pricing: PricingConfig,
-    pub teams: TeamsConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -91,10 +90,6 @@ pub struct KubernetesConfig {
     pub enabled: bool,
     /// Pod label naming the owning team; the namespace's label of the same name is the fallback.
     pub team_label: String,
-    /// Annotation naming the team, looked up after the label of the same
-    /// object (pod, then namespace); empty for none. The namespace name is the
-    /// last fallback.
-    pub team_annotation: String,
 }
 
 impl Default for KubernetesConfig {
@@ -102,19 +97,8 @@ impl Default for KubernetesConfig {
         KubernetesConfig {
             enabled: false,
             team_label: "team".to_string(),
-            team_annotation: "team".to_string(),
         }
     }
-}
-
-/// Teams of processes in no pod (off Kubernetes, or host services on a node).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TeamsConfig {
-    /// systemd unit (`inference.service`) → team; looked up first.
-    pub units: std::collections::BTreeMap<String, String>,
-    /// User name → team.
-    pub users: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -156,9 +140,37 @@ impl Default for ExportConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum GpuSourceKind {
+    #[serde(alias = "off")]
+    #[value(alias = "off")]
     None,
     Nvml,
     Replay,
+}
+
+/// `--gpu`: `nvml`, `off` (or `none`), `replay` (with `--gpu-replay FILE`) or `replay:FILE`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GpuFlag {
+    pub source: GpuSourceKind,
+    pub replay_path: Option<PathBuf>,
+}
+
+fn parse_gpu_flag(text: &str) -> Result<GpuFlag, String> {
+    if let Some(path) = text.strip_prefix("replay:") {
+        if path.is_empty() {
+            return Err("replay: needs a file, as in replay:/var/lib/gpu.jsonl".to_owned());
+        }
+        return Ok(GpuFlag {
+            source: GpuSourceKind::Replay,
+            replay_path: Some(PathBuf::from(path)),
+        });
+    }
+    let source = <GpuSourceKind as clap::ValueEnum>::from_str(text, true).map_err(|_| {
+        format!("`{text}` is not a GPU source: use nvml, replay:FILE, replay or off")
+    })?;
+    Ok(GpuFlag {
+        source,
+        replay_path: None,
+    })
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -215,8 +227,9 @@ pub struct Overrides {
     pub events: Option<PathBuf>,
     #[arg(long, env = "TOKENSCOPE_KUBERNETES")]
     pub kubernetes: Option<bool>,
-    #[arg(long, env = "TOKENSCOPE_GPU")]
-    pub gpu: Option<GpuSourceKind>,
+    /// GPU source: nvml, replay:FILE (JSON Lines samples), or off.
+    #[arg(long, env = "TOKENSCOPE_GPU", value_parser = parse_gpu_flag)]
+    pub gpu: Option<GpuFlag>,
     /// GPU samples to replay (JSON Lines), with `--gpu replay`.
     #[arg(long, env = "TOKENSCOPE_GPU_REPLAY")]
     pub gpu_replay: Option<PathBuf>,
@@ -283,7 +296,12 @@ impl Config {
             self.export.events_path = o.events.clone();
         }
         set(&mut self.kubernetes.enabled, &o.kubernetes);
-        set(&mut self.gpu.source, &o.gpu);
+        if let Some(flag) = &o.gpu {
+            self.gpu.source = flag.source;
+            if flag.replay_path.is_some() {
+                self.gpu.replay_path = flag.replay_path.clone();
+            }
+        }
         if o.gpu_replay.is_some() {
             self.gpu.replay_path = o.gpu_replay.clone();
         }
@@ -300,19 +318,6 @@ impl Config {
             key,
             reason: reason.to_string(),
         };
-        if self.kubernetes.team_label.trim().is_empty() {
-            return Err(invalid("kubernetes.team_label", "must not be empty"));
-        }
-        let blank = |m: &std::collections::BTreeMap<String, String>| {
-            m.iter()
-                .any(|(k, v)| k.trim().is_empty() || v.trim().is_empty())
-        };
-        if blank(&self.teams.units) || blank(&self.teams.users) {
-            return Err(invalid(
-                "teams",
-                "unit, user and team names must not be empty",
-            ));
-        }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.agent.log_level.as_str()) {
             return Err(invalid(
                 "agent.log_level",
@@ -404,19 +409,27 @@ mod tests {
     }
 
     #[test]
-    fn teams_off_kubernetes_and_the_team_annotation() {
-        let config = Config::from_toml(
-            "[kubernetes]\nteam_annotation = \"example.com/team\"\n[teams]\nunits = { \"demo.service\" = \"research\" }\nusers = { alice = \"nlp\" }\n",
-        )
-        .unwrap();
-        assert_eq!(config.kubernetes.team_label, "team");
-        assert_eq!(config.kubernetes.team_annotation, "example.com/team");
-        assert_eq!(config.teams.units["demo.service"], "research");
-        assert_eq!(config.teams.users["alice"], "nlp");
-        config.validate().unwrap();
-        let bad = Config::from_toml("[teams]\nusers = { alice = \"\" }\n").unwrap();
-        assert!(bad.validate().unwrap_err().to_string().contains("teams"));
-        assert!(Config::from_toml("[teams]\ngroups = {}\n").is_err());
+    fn gpu_flag_takes_a_replay_path_or_off() {
+        let parse = |flag: &str| {
+            let mut config = Config::default();
+            config.apply(
+                &Cli::try_parse_from(["t", "--gpu", flag])
+                    .map_err(|e| e.to_string())?
+                    .o,
+            );
+            Ok::<_, String>((config.gpu.source, config.gpu.replay_path))
+        };
+        assert_eq!(
+            parse("replay:/tmp/g.jsonl"),
+            Ok((GpuSourceKind::Replay, Some(PathBuf::from("/tmp/g.jsonl"))))
+        );
+        assert_eq!(parse("nvml"), Ok((GpuSourceKind::Nvml, None)));
+        assert_eq!(parse("off"), Ok((GpuSourceKind::None, None)));
+        assert_eq!(parse("none"), Ok((GpuSourceKind::None, None)));
+        assert!(parse("replay:").is_err());
+        assert!(parse("cuda").is_err());
+        let file = Config::from_toml("[gpu]\nsource = \"off\"\n").unwrap();
+        assert_eq!(file.gpu.source, GpuSourceKind::None);
     }
 
     #[test]

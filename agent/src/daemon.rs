@@ -23,6 +23,7 @@ use crate::{
     attribution::ProcessTable,
     config::{Config, GpuSourceKind, OtlpProtocol},
     events::{decode, Event},
+    export::metrics::{Metrics, GPU_SOURCE_UP},
     export::{
         jsonl::{JsonlOptions, JsonlWriter},
         otlp::{OtlpExporter, OtlpOptions},
@@ -61,6 +62,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("opening events file {}", path.display()))?;
         builder = builder.sink(Arc::new(writer));
     }
+    let mut otlp = None;
     if let Some(endpoint) = &config.export.otlp_endpoint {
         let protocol = match config.export.otlp_protocol {
             OtlpProtocol::Grpc => crate::export::otlp::OtlpProtocol::Grpc,
@@ -70,11 +72,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         options.metrics_interval = Duration::from_secs(config.export.otlp_interval_s);
         options.node = node.clone();
         options.host = node.clone();
-        let exporter = OtlpExporter::start(&options).context("starting the OTLP exporter")?;
-        builder = builder.sink(Arc::new(exporter));
+        let exporter =
+            Arc::new(OtlpExporter::start(&options).context("starting the OTLP exporter")?);
+        otlp = Some(Arc::clone(&exporter));
+        builder = builder.sink(exporter);
     }
     let exporters = Arc::new(builder.build());
     let state = exporters.state();
+    if let Some(otlp) = &otlp {
+        // GPU use per pod and device, and hw.gpu.*, from the shared registry.
+        otlp.observe(&state.metrics);
+    }
 
     let listener = tokio::net::TcpListener::bind(config.export.listen)
         .await
@@ -137,7 +145,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None
     };
 
-    let (gpu, gpu_thread) = match start_gpu(&config, Arc::clone(&stop))? {
+    let (gpu, gpu_thread) = match start_gpu(&config, Arc::clone(&stop), &state.metrics)? {
         Some((stage, handle)) => (Some(stage), Some(handle)),
         None => (None, None),
     };
@@ -221,18 +229,29 @@ struct CaptureLoop {
 }
 
 /// The GPU source the config names, sampled on its own thread. NVML missing
-/// on a node is not an error (most nodes have no GPU); a replay file that
-/// cannot be read is.
+/// on a node is not an error (most nodes have no GPU): the agent runs on, says
+/// so once in its log and as `tokenscope_gpu_source_up{source="nvml"} 0`. A
+/// replay file that cannot be read is an error.
 fn start_gpu(
     config: &Config,
     stop: Arc<AtomicBool>,
+    metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Option<(GpuStage, thread::JoinHandle<()>)>> {
     let source: Box<dyn GpuSource + Send> = match config.gpu.source {
         GpuSourceKind::None => return Ok(None),
         GpuSourceKind::Nvml => match NvmlSource::new() {
             Ok(source) => Box::new(source),
             Err(error) => {
-                tracing::warn!(event = "gpu_unavailable", %error, "GPU accounting is off");
+                tracing::warn!(
+                    event = "gpu_unavailable",
+                    error = %crate::gpu::describe(&error),
+                    "GPU accounting is off: NVML is not available on this node"
+                );
+                metrics.set_float(
+                    &GPU_SOURCE_UP,
+                    &[("source", "nvml"), ("reason", "nvml_unavailable")],
+                    0.0,
+                );
                 return Ok(None);
             }
         },
@@ -251,7 +270,25 @@ fn start_gpu(
     let interval = Duration::from_millis(config.gpu.interval_ms);
     let (rx, handle) = spawn_sampler(source, interval, stop)?;
     let window = Duration::from_secs(config.gpu.window_s);
-    let stage = GpuStage::new(rx, interval, window, config.gpu.usd_per_gpu_hour);
+    let source_name = match config.gpu.source {
+        GpuSourceKind::Replay => "replay",
+        _ => "nvml",
+    };
+    // GPU time is priced by GPU model from the catalogue, else at gpu.usd_per_gpu_hour.
+    let pricer = if config.pricing.catalogues.is_empty() {
+        Pricer::builtin()
+    } else {
+        Pricer::from_files(&config.pricing.catalogues).context("loading price catalogues")?
+    };
+    let stage = GpuStage::new(
+        rx,
+        interval,
+        window,
+        config.gpu.usd_per_gpu_hour,
+        Arc::clone(metrics),
+        source_name,
+    )
+    .with_gpu_price(Box::new(move |model| pricer.usd_per_gpu_hour(model)));
     tracing::info!(event = "gpu_accounting_on", source = ?config.gpu.source);
     Ok(Some((stage, handle)))
 }
@@ -302,7 +339,7 @@ fn capture_loop(mut l: CaptureLoop) {
 /// Releases held self-hosted calls once their GPU window closes.
 fn gpu_tick(l: &mut CaptureLoop, force: bool) {
     let Some(gpu) = l.gpu.as_mut() else { return };
-    for record in gpu.tick(&mut l.procs, force) {
+    for record in gpu.tick(&mut l.procs, l.enricher.pods.as_ref(), force) {
         l.exporters.record(&record);
     }
 }
@@ -402,31 +439,7 @@ fn publish_counters(l: &CaptureLoop, decode_errors: u64) {
     }
     metrics.set_agent_gauge("tokenscope_open_connections", &[], l.streams.len() as f64);
     if let Some(gpu) = &l.gpu {
-        for (owner, usage) in &gpu.owners {
-            let labels = [
-                ("namespace", owner.namespace.as_str()),
-                ("pod", owner.pod.as_str()),
-                ("workload", owner.workload.as_str()),
-                ("team", owner.team.as_str()),
-            ];
-            metrics.set_agent_gauge("tokenscope_pod_gpu_seconds", &labels, usage.gpu_seconds);
-            metrics.set_agent_gauge(
-                "tokenscope_pod_gpu_energy_joules",
-                &labels,
-                usage.energy_joules,
-            );
-            metrics.set_agent_gauge(
-                "tokenscope_pod_gpu_memory_gib_seconds",
-                &labels,
-                usage.memory_gib_seconds,
-            );
-        }
-        metrics.set_agent_gauge("tokenscope_gpu_idle_seconds", &[], gpu.idle_seconds);
-        metrics.set_agent_gauge(
-            "tokenscope_gpu_idle_energy_joules",
-            &[],
-            gpu.idle_energy_joules,
-        );
+        // GPU use per pod and device is published by the GPU stage itself.
         metrics.set_agent_counter(
             "tokenscope_gpu_failed_samples_total",
             &[],

@@ -217,7 +217,7 @@ fn assert_metric_totals(request: &ExportMetricsServiceRequest, records: &[CallRe
         .sum();
     assert!(gpu > 0.0);
     close(
-        counter_total(request, "tokenscope.gpu.time", &any),
+        counter_total(request, "tokenscope.llm.gpu_seconds", &any),
         gpu,
         "gpu seconds",
     );
@@ -227,7 +227,7 @@ fn assert_metric_totals(request: &ExportMetricsServiceRequest, records: &[CallRe
         .map(|g| g.energy_joules)
         .sum();
     close(
-        counter_total(request, "tokenscope.gpu.energy", &any),
+        counter_total(request, "tokenscope.llm.gpu_energy", &any),
         joules,
         "gpu joules",
     );

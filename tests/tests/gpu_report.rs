@@ -6,7 +6,8 @@ use std::{io::Write, process::Command, time::Duration};
 
 use tokenscope_tests::*;
 
-/// Replay samples: one GPU, the server process at 50 % SM for `seconds` seconds.
+/// Replay samples: one GPU (a model no catalogue prices, so `--usd-per-gpu-hour`
+/// applies), the server process at 50 % SM for `seconds` seconds.
 fn replay_file(dir: &TempDir, server_pid: u32, seconds: u64) -> std::path::PathBuf {
     let path = dir.path().join("gpu.jsonl");
     let mut f = std::fs::File::create(&path).expect("replay file");
@@ -14,7 +15,7 @@ fn replay_file(dir: &TempDir, server_pid: u32, seconds: u64) -> std::path::PathB
     for i in 0..=seconds {
         let line = serde_json::json!({
             "timestamp_unix_nano": 1_800_000_000_000_000_000u64 + i * 1_000_000_000,
-            "devices": [{"index": 0, "uuid": uuid, "name": "NVIDIA H100 80GB HBM3",
+            "devices": [{"index": 0, "uuid": uuid, "name": "Tokenscope Replay GPU 80GB",
                          "sm_util_pct": 50.0, "memory_used_bytes": 10u64 << 30,
                          "memory_total_bytes": 80u64 << 30, "power_w": 400.0,
                          "energy_mj": 1_000_000 + i * 400_000}],
@@ -101,7 +102,7 @@ fn self_hosted_calls_get_a_gpu_share_and_the_report_prices_them() {
     let line = metrics
         .lines()
         .find(|l| {
-            l.starts_with("tokenscope_pod_gpu_seconds{")
+            l.starts_with("tokenscope_gpu_busy_seconds_total{")
                 && l.contains(&format!("pod=\"pid:{server_pid} python3\""))
         })
         .unwrap_or_else(|| panic!("no GPU use for the server pod:\n{metrics}"));

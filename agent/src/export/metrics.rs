@@ -19,6 +19,8 @@ pub const OVERFLOW: &str = "__overflow__";
 pub const DEFAULT_SERIES_LIMIT: usize = 10_000;
 /// Bound on distinct agent self-metric series (name + labels).
 const AGENT_SERIES_LIMIT: usize = 1_024;
+/// Bound on distinct float series (family + attributes).
+const FLOAT_SERIES_LIMIT: usize = 4_096;
 
 /// `gen_ai.client.operation.duration` bucket boundaries (GenAI semantic conventions), seconds.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -309,6 +311,217 @@ pub struct AgentKey {
     pub labels: Vec<(String, String)>,
 }
 
+/// How a float family behaves, on both exposition formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum FloatKind {
+    /// Cumulative and monotonic: OTLP Sum (monotonic, cumulative), Prometheus `counter`.
+    Counter,
+    /// A current reading: OTLP Gauge, Prometheus `gauge`.
+    Gauge,
+    /// A current amount that adds up across attributes: OTLP Sum (not monotonic), Prometheus `gauge`.
+    UpDownCounter,
+}
+
+/// A float metric family: one OpenTelemetry instrument and one Prometheus family.
+/// Attributes are kept under their OpenTelemetry keys; Prometheus renders them
+/// through [`prometheus_label`].
+#[derive(Debug, PartialEq, Eq, Serialize)]
+pub struct FloatFamily {
+    pub otel_name: &'static str,
+    /// Full Prometheus name, unit and `_total` included.
+    pub prometheus_name: &'static str,
+    /// UCUM unit, as OTLP carries it.
+    pub unit: &'static str,
+    pub kind: FloatKind,
+    pub help: &'static str,
+}
+
+const fn family(
+    otel_name: &'static str,
+    prometheus_name: &'static str,
+    unit: &'static str,
+    kind: FloatKind,
+    help: &'static str,
+) -> FloatFamily {
+    FloatFamily {
+        otel_name,
+        prometheus_name,
+        unit,
+        kind,
+        help,
+    }
+}
+
+/// GPU time a pod's processes kept the SMs busy (integral of SM utilisation).
+pub static GPU_BUSY_SECONDS: FloatFamily = family(
+    "tokenscope.gpu.busy_seconds",
+    "tokenscope_gpu_busy_seconds_total",
+    "s",
+    FloatKind::Counter,
+    "GPU-seconds the pod's processes kept the SMs busy (integral of SM utilisation).",
+);
+/// GPU time a pod's processes held memory on a GPU (busy or not).
+pub static GPU_HELD_SECONDS: FloatFamily = family(
+    "tokenscope.gpu.held_seconds",
+    "tokenscope_gpu_held_seconds_total",
+    "s",
+    FloatKind::Counter,
+    "GPU-seconds the pod's processes held GPU memory (a MIG slice counts its fraction).",
+);
+/// GPU energy charged to a pod by its SM share of the device's active energy.
+pub static GPU_ENERGY: FloatFamily = family(
+    "tokenscope.gpu.energy",
+    "tokenscope_gpu_energy_joules_total",
+    "J",
+    FloatKind::Counter,
+    "GPU energy charged to the pod by its share of SM use (Kepler-style split; idle apart).",
+);
+/// GiB of GPU memory held, times seconds.
+pub static GPU_MEMORY_GIB_SECONDS: FloatFamily = family(
+    "tokenscope.gpu.memory_gib_seconds",
+    "tokenscope_gpu_memory_gib_seconds_total",
+    "GiBy.s",
+    FloatKind::Counter,
+    "GPU memory the pod held, GiB x seconds.",
+);
+/// Idle waste: GPU-seconds held while the pod's SM use stayed below the idle threshold.
+pub static GPU_IDLE_HELD_SECONDS: FloatFamily = family(
+    "tokenscope.gpu.idle_held_seconds",
+    "tokenscope_gpu_idle_held_seconds_total",
+    "s",
+    FloatKind::Counter,
+    "Idle waste: GPU-seconds the pod held memory while its SM use stayed below 5 %.",
+);
+/// Idle waste priced at the GPU's hourly rate.
+pub static GPU_IDLE_HELD_COST: FloatFamily = family(
+    "tokenscope.gpu.idle_held_cost",
+    "tokenscope_gpu_idle_held_cost_usd_total",
+    "USD",
+    FloatKind::Counter,
+    "Idle waste in USD: held-but-idle GPU-seconds at the GPU's price per hour.",
+);
+/// Busy GPU-seconds priced at the GPU's hourly rate.
+pub static GPU_BUSY_COST: FloatFamily = family(
+    "tokenscope.gpu.busy_cost",
+    "tokenscope_gpu_busy_cost_usd_total",
+    "USD",
+    FloatKind::Counter,
+    "Busy GPU-seconds of the pod in USD at the GPU's price per hour.",
+);
+/// Time integrated per physical GPU (busy + idle).
+pub static GPU_DEVICE_SECONDS: FloatFamily = family(
+    "tokenscope.gpu.device.seconds",
+    "tokenscope_gpu_device_seconds_total",
+    "s",
+    FloatKind::Counter,
+    "Seconds of sampling integrated per physical GPU (intervals across failures and gaps are not).",
+);
+/// Energy per physical GPU over the integrated time.
+pub static GPU_DEVICE_ENERGY: FloatFamily = family(
+    "tokenscope.gpu.device.energy",
+    "tokenscope_gpu_device_energy_joules_total",
+    "J",
+    FloatKind::Counter,
+    "Energy of the physical GPU over the integrated time.",
+);
+/// GPU-seconds of a device no process kept busy.
+pub static GPU_IDLE_SECONDS: FloatFamily = family(
+    "tokenscope.gpu.idle_seconds",
+    "tokenscope_gpu_idle_seconds_total",
+    "s",
+    FloatKind::Counter,
+    "GPU-seconds of the device that no process kept busy (unallocated MIG slices included).",
+);
+/// Energy of a device not charged to any process.
+pub static GPU_IDLE_ENERGY: FloatFamily = family(
+    "tokenscope.gpu.idle_energy",
+    "tokenscope_gpu_idle_energy_joules_total",
+    "J",
+    FloatKind::Counter,
+    "Device energy not charged to any process (idle share), never inside a pod's figure.",
+);
+/// Intervals a MIG instance was split by memory share (no per-process utilisation).
+pub static GPU_MEMORY_SHARE_INTERVALS: FloatFamily = family(
+    "tokenscope.gpu.memory_share_splits",
+    "tokenscope_gpu_memory_share_splits_total",
+    "{interval}",
+    FloatKind::Counter,
+    "Sampling intervals in which a MIG instance's time was split by memory share (flagged fallback).",
+);
+/// `hw.gpu.utilization` (OpenTelemetry hardware semantic conventions).
+pub static HW_GPU_UTILIZATION: FloatFamily = family(
+    "hw.gpu.utilization",
+    "hw_gpu_utilization_ratio",
+    "1",
+    FloatKind::Gauge,
+    "Fraction of the last sample period in which a kernel ran on the GPU.",
+);
+/// `hw.gpu.memory.usage` (OpenTelemetry hardware semantic conventions).
+pub static HW_GPU_MEMORY_USAGE: FloatFamily = family(
+    "hw.gpu.memory.usage",
+    "hw_gpu_memory_usage_bytes",
+    "By",
+    FloatKind::UpDownCounter,
+    "GPU memory used.",
+);
+/// `hw.gpu.memory.limit` (OpenTelemetry hardware semantic conventions).
+pub static HW_GPU_MEMORY_LIMIT: FloatFamily = family(
+    "hw.gpu.memory.limit",
+    "hw_gpu_memory_limit_bytes",
+    "By",
+    FloatKind::UpDownCounter,
+    "GPU memory size.",
+);
+/// 1 while the configured GPU source delivers samples, 0 with a `reason`.
+pub static GPU_SOURCE_UP: FloatFamily = family(
+    "tokenscope.gpu.source.up",
+    "tokenscope_gpu_source_up",
+    "1",
+    FloatKind::Gauge,
+    "1 while the configured GPU source works; 0 (with a reason) when it is unavailable.",
+);
+
+/// Every float family, for exporters that register instruments up front.
+pub static FLOAT_FAMILIES: [&FloatFamily; 16] = [
+    &GPU_BUSY_SECONDS,
+    &GPU_HELD_SECONDS,
+    &GPU_ENERGY,
+    &GPU_MEMORY_GIB_SECONDS,
+    &GPU_IDLE_HELD_SECONDS,
+    &GPU_IDLE_HELD_COST,
+    &GPU_BUSY_COST,
+    &GPU_DEVICE_SECONDS,
+    &GPU_DEVICE_ENERGY,
+    &GPU_IDLE_SECONDS,
+    &GPU_IDLE_ENERGY,
+    &GPU_MEMORY_SHARE_INTERVALS,
+    &HW_GPU_UTILIZATION,
+    &HW_GPU_MEMORY_USAGE,
+    &HW_GPU_MEMORY_LIMIT,
+    &GPU_SOURCE_UP,
+];
+
+/// The Prometheus label name of an OpenTelemetry attribute key.
+pub fn prometheus_label(key: &str) -> String {
+    match key {
+        "k8s.namespace.name" => "namespace".to_owned(),
+        "k8s.pod.name" => "pod".to_owned(),
+        "tokenscope.workload" => "workload".to_owned(),
+        "tokenscope.team" => "team".to_owned(),
+        other => other.replace(['.', '-'], "_"),
+    }
+}
+
+/// One float series: its family, attributes (OpenTelemetry keys, sorted) and value.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FloatPoint {
+    pub family: &'static FloatFamily,
+    pub attributes: Vec<(String, String)>,
+    pub value: f64,
+}
+
+type FloatKey = (&'static str, Vec<(String, String)>);
+
 #[derive(Debug, Default)]
 struct Inner {
     series: HashMap<LabelSet, SeriesData>,
@@ -316,6 +529,7 @@ struct Inner {
     agent_counters: BTreeMap<AgentKey, u64>,
     agent_gauges: BTreeMap<AgentKey, f64>,
     agent_rejected: u64,
+    floats: BTreeMap<FloatKey, (&'static FloatFamily, f64)>,
 }
 
 /// A consistent copy of every aggregate, for rendering.
@@ -328,6 +542,8 @@ pub struct MetricsSnapshot {
     pub agent_gauges: Vec<(AgentKey, f64)>,
     /// Self-metric updates refused for a bad name or past the series bound.
     pub agent_rejected: u64,
+    /// Float families ([`FLOAT_FAMILIES`]), sorted by family and attributes.
+    pub floats: Vec<FloatPoint>,
 }
 
 /// The thread-safe cumulative aggregator.
@@ -403,6 +619,73 @@ impl Metrics {
         true
     }
 
+    /// Adds `delta` to a float counter; refused (and counted) when it is negative
+    /// or not finite, so the series never goes down. `family` must be a counter.
+    pub fn add_float(
+        &self,
+        family: &'static FloatFamily,
+        attributes: &[(&str, &str)],
+        delta: f64,
+    ) -> bool {
+        if family.kind != FloatKind::Counter || !delta.is_finite() || delta < 0.0 {
+            lock(&self.inner).agent_rejected += 1;
+            return false;
+        }
+        self.update_float(family, attributes, |slot| *slot += delta)
+    }
+
+    /// Sets a float gauge or up-down counter to its current value.
+    pub fn set_float(
+        &self,
+        family: &'static FloatFamily,
+        attributes: &[(&str, &str)],
+        value: f64,
+    ) -> bool {
+        if family.kind == FloatKind::Counter || !value.is_finite() {
+            lock(&self.inner).agent_rejected += 1;
+            return false;
+        }
+        self.update_float(family, attributes, |slot| *slot = value)
+    }
+
+    fn update_float(
+        &self,
+        family: &'static FloatFamily,
+        attributes: &[(&str, &str)],
+        update: impl FnOnce(&mut f64),
+    ) -> bool {
+        let mut attributes: Vec<(String, String)> = attributes
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        attributes.sort();
+        let mut inner = lock(&self.inner);
+        let room = inner.floats.len() < FLOAT_SERIES_LIMIT;
+        let key = (family.otel_name, attributes);
+        if let Some((_, slot)) = inner.floats.get_mut(&key) {
+            update(slot);
+        } else if room {
+            let mut value = 0.0;
+            update(&mut value);
+            inner.floats.insert(key, (family, value));
+        } else {
+            inner.agent_rejected += 1;
+            return false;
+        }
+        true
+    }
+
+    /// The current series of one float family (for OTLP observable instruments).
+    pub fn float_points(&self, family: &FloatFamily) -> Vec<(Vec<(String, String)>, f64)> {
+        lock(&self.inner)
+            .floats
+            .iter()
+            .filter(|((name, _), _)| *name == family.otel_name)
+            .map(|((_, attributes), (_, value))| (attributes.clone(), *value))
+            .collect()
+    }
+
     /// Samples this process's resident memory, CPU time and open descriptors from `/proc/self`.
     /// Missing files (not Linux) leave the gauges unset.
     pub fn refresh_process_gauges(&self) {
@@ -439,6 +722,15 @@ impl Metrics {
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
             agent_rejected: inner.agent_rejected,
+            floats: inner
+                .floats
+                .iter()
+                .map(|((_, attributes), (family, value))| FloatPoint {
+                    family,
+                    attributes: attributes.clone(),
+                    value: *value,
+                })
+                .collect(),
         }
     }
 }
@@ -544,6 +836,40 @@ mod tests {
             labels.first().cloned()
         );
         assert_eq!(gate.folded(), labels.len() as u64 - 2);
+    }
+
+    #[test]
+    fn float_counters_only_go_up_and_gauges_are_set() {
+        let metrics = Metrics::default();
+        let pod = [("k8s.pod.name", "vllm-0"), ("tokenscope.team", "nlp")];
+        assert!(metrics.add_float(&GPU_BUSY_SECONDS, &pod, 1.25));
+        assert!(metrics.add_float(&GPU_BUSY_SECONDS, &[pod[1], pod[0]], 0.5));
+        assert!(!metrics.add_float(&GPU_BUSY_SECONDS, &pod, -1.0));
+        assert!(!metrics.add_float(&GPU_BUSY_SECONDS, &pod, f64::NAN));
+        assert!(
+            !metrics.add_float(&HW_GPU_UTILIZATION, &pod, 1.0),
+            "a gauge"
+        );
+        assert!(
+            !metrics.set_float(&GPU_BUSY_SECONDS, &pod, 1.0),
+            "a counter"
+        );
+        assert!(metrics.set_float(&HW_GPU_UTILIZATION, &[("hw.id", "GPU-1")], 0.5));
+        assert!(metrics.set_float(&HW_GPU_UTILIZATION, &[("hw.id", "GPU-1")], 0.25));
+        let points = metrics.float_points(&GPU_BUSY_SECONDS);
+        assert_eq!(points.len(), 1, "attribute order does not matter");
+        assert_eq!(points.first().map(|p| p.1), Some(1.75));
+        let snapshot = metrics.snapshot();
+        assert_eq!(snapshot.agent_rejected, 4);
+        let util: Vec<f64> = snapshot
+            .floats
+            .iter()
+            .filter(|p| p.family == &HW_GPU_UTILIZATION)
+            .map(|p| p.value)
+            .collect();
+        assert_eq!(util, vec![0.25]);
+        assert_eq!(prometheus_label("k8s.pod.name"), "pod");
+        assert_eq!(prometheus_label("hw.id"), "hw_id");
     }
 
     #[test]

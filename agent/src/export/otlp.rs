@@ -31,8 +31,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::{
-    error_type, is_rate_limited, side_str, token_counts, LabelSet, SeriesGate, DURATION_BUCKETS,
-    TOKEN_BUCKETS, TOKEN_TYPES, TTFT_BUCKETS,
+    error_type, is_rate_limited, side_str, token_counts, FloatKind, LabelSet, Metrics, SeriesGate,
+    DURATION_BUCKETS, FLOAT_FAMILIES, TOKEN_BUCKETS, TOKEN_TYPES, TTFT_BUCKETS,
 };
 use super::{ExportError, Exporter, SelfCounter};
 use crate::record::{CallRecord, Side};
@@ -168,15 +168,18 @@ impl Instruments {
                 .with_unit("{call}")
                 .build(),
             gpu_time: meter
-                .f64_counter("tokenscope.gpu.time")
+                .f64_counter("tokenscope.llm.gpu_seconds")
                 .with_unit("s")
+                .with_description(
+                    "GPU-seconds charged to calls served on this node, by calling team and model.",
+                )
                 .build(),
             gpu_energy: meter
-                .f64_counter("tokenscope.gpu.energy")
+                .f64_counter("tokenscope.llm.gpu_energy")
                 .with_unit("J")
                 .build(),
             gpu_cost: meter
-                .f64_counter("tokenscope.gpu.cost")
+                .f64_counter("tokenscope.llm.gpu_cost")
                 .with_unit("USD")
                 .build(),
         }
@@ -359,6 +362,52 @@ impl OtlpExporter {
 
     pub fn stats(&self) -> &OtlpStats {
         &self.stats
+    }
+
+    /// Exports the float families of `metrics` ([`FLOAT_FAMILIES`]: GPU use per
+    /// pod and device, `hw.gpu.*`) as observable instruments: counters as
+    /// cumulative monotonic Sums, up-down counters as non-monotonic Sums,
+    /// gauges as Gauges. Each push reads the registry's current values.
+    pub fn observe(&self, metrics: &Arc<Metrics>) {
+        let meter = self.meter_provider.meter_with_scope(scope());
+        for family in FLOAT_FAMILIES {
+            let metrics = Arc::clone(metrics);
+            let callback = move |observer: &dyn opentelemetry::metrics::AsyncInstrument<f64>| {
+                for (attributes, value) in metrics.float_points(family) {
+                    let attributes: Vec<KeyValue> = attributes
+                        .into_iter()
+                        .map(|(k, v)| KeyValue::new(k, v))
+                        .collect();
+                    observer.observe(value, &attributes);
+                }
+            };
+            match family.kind {
+                FloatKind::Counter => {
+                    meter
+                        .f64_observable_counter(family.otel_name)
+                        .with_unit(family.unit)
+                        .with_description(family.help)
+                        .with_callback(callback)
+                        .build();
+                }
+                FloatKind::UpDownCounter => {
+                    meter
+                        .f64_observable_up_down_counter(family.otel_name)
+                        .with_unit(family.unit)
+                        .with_description(family.help)
+                        .with_callback(callback)
+                        .build();
+                }
+                FloatKind::Gauge => {
+                    meter
+                        .f64_observable_gauge(family.otel_name)
+                        .with_unit(family.unit)
+                        .with_description(family.help)
+                        .with_callback(callback)
+                        .build();
+                }
+            }
+        }
     }
 
     /// Waits until the span task has exported everything queued before the call.

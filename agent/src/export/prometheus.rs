@@ -8,7 +8,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::metrics::{AgentKey, Histogram, LabelSet, MetricsSnapshot, SeriesData, TOKEN_TYPES};
+use super::metrics::{
+    prometheus_label, AgentKey, FloatKind, FloatPoint, Histogram, LabelSet, MetricsSnapshot,
+    SeriesData, TOKEN_TYPES,
+};
 
 /// The content type a scrape response carries.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -41,17 +44,17 @@ const CALL_COUNTERS: [CounterFamily; 8] = [
         |s| Some(s.errors as f64),
     ),
     (
-        "tokenscope_gpu_seconds_total",
-        "GPU-seconds charged to calls served on this node.",
+        "tokenscope_llm_gpu_seconds_total",
+        "GPU-seconds charged to calls served on this node (team: the calling team).",
         |s| (s.gpu_calls > 0).then_some(s.gpu_seconds),
     ),
     (
-        "tokenscope_gpu_energy_joules_total",
+        "tokenscope_llm_gpu_energy_joules_total",
         "GPU energy in joules charged to calls served on this node.",
         |s| (s.gpu_calls > 0).then_some(s.gpu_energy_joules),
     ),
     (
-        "tokenscope_gpu_cost_usd_total",
+        "tokenscope_llm_gpu_cost_usd_total",
         "GPU cost in USD charged to calls served on this node.",
         |s| (s.gpu_calls > 0).then_some(s.gpu_cost_usd),
     ),
@@ -133,7 +136,38 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
 
     agent_families(&mut out, &snapshot.agent_counters, "counter", |v| *v as f64);
     agent_families(&mut out, &snapshot.agent_gauges, "gauge", |v| *v);
+    float_families(&mut out, &snapshot.floats);
     out
+}
+
+/// Float families; the snapshot holds them sorted by family, so each family's lines are together.
+fn float_families(out: &mut String, points: &[FloatPoint]) {
+    let mut current: Option<&str> = None;
+    for point in points {
+        let family = point.family;
+        if current != Some(family.prometheus_name) {
+            let kind = match family.kind {
+                FloatKind::Counter => "counter",
+                FloatKind::Gauge | FloatKind::UpDownCounter => "gauge",
+            };
+            header(out, family.prometheus_name, family.help, kind);
+            current = Some(family.prometheus_name);
+        }
+        out.push_str(family.prometheus_name);
+        if !point.attributes.is_empty() {
+            out.push('{');
+            for (i, (k, v)) in point.attributes.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                label(out, &prometheus_label(k), v);
+            }
+            out.push('}');
+        }
+        out.push(' ');
+        push_number(out, point.value);
+        out.push('\n');
+    }
 }
 
 fn agent_families<T>(
@@ -394,6 +428,31 @@ mod tests {
         assert!(text.contains("tokenscope_capture_dropped_total{reason=\"ringbuf_full\"} 9\n"));
         assert!(text.contains("tokenscope_agent_metric_rejected_total 1\n"));
         assert!(text.contains("tokenscope_process_resident_memory_bytes "));
+    }
+
+    #[test]
+    fn float_families_render_as_counters_and_gauges() {
+        use crate::export::metrics::{GPU_BUSY_SECONDS, GPU_ENERGY, HW_GPU_MEMORY_USAGE};
+        let metrics = Metrics::default();
+        let a = [("k8s.pod.name", "a"), ("tokenscope.team", "nlp")];
+        metrics.add_float(&GPU_BUSY_SECONDS, &a, 0.5);
+        metrics.add_float(&GPU_BUSY_SECONDS, &a, 0.25);
+        metrics.add_float(&GPU_BUSY_SECONDS, &[("k8s.pod.name", "b")], 2.0);
+        metrics.add_float(&GPU_ENERGY, &a, 10.0);
+        metrics.set_float(&HW_GPU_MEMORY_USAGE, &[("hw.id", "GPU-1")], 1024.0);
+        let text = render(&metrics.snapshot());
+        assert!(text.contains("# TYPE tokenscope_gpu_busy_seconds_total counter\n"));
+        assert!(text.contains("tokenscope_gpu_busy_seconds_total{pod=\"a\",team=\"nlp\"} 0.75\n"));
+        assert!(text.contains("tokenscope_gpu_busy_seconds_total{pod=\"b\"} 2\n"));
+        assert!(text.contains("tokenscope_gpu_energy_joules_total{pod=\"a\",team=\"nlp\"} 10\n"));
+        assert!(text.contains("# TYPE hw_gpu_memory_usage_bytes gauge\n"));
+        assert!(text.contains("hw_gpu_memory_usage_bytes{hw_id=\"GPU-1\"} 1024\n"));
+        assert_eq!(
+            text.matches("# TYPE tokenscope_gpu_busy_seconds_total")
+                .count(),
+            1,
+            "one header per family"
+        );
     }
 
     fn sum_family(text: &str, prefix: &str) -> f64 {

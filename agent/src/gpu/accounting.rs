@@ -8,10 +8,19 @@
 //!   A process whose utilisation is unknown gets a share, by memory held, of
 //!   what the device's own utilisation leaves; on a MIG instance with no
 //!   utilisation at all, the instance is held by its processes (allocation).
+//! - Held GPU-seconds per pid: the interval x its share of the device, for
+//!   every interval in which the process holds memory on it (it is listed as
+//!   a compute process and its memory reading is not 0).
+//! - Idle waste per pid: held GPU-seconds of intervals in which the process's
+//!   SM use stayed below [`IDLE_SM_PCT`]. Not counted where its utilisation is
+//!   unknown and the device's too (a MIG instance: it is split by memory).
 //! - Memory held: GiB x seconds.
 //! - Energy (Kepler-style): the device's energy over the interval (counter
 //!   delta, else power x time) is split by busy share; what no process used,
 //!   and MIG slices no instance holds, is idle energy, reported apart.
+//!
+//! Where a process's utilisation is unknown, its share comes from memory held
+//! (the MIG fallback); such intervals are counted as memory-share splits.
 //!
 //! Shares plus idle add up to the device totals. A failed sample ends the
 //! chain (the span across it is not integrated) and an interval longer than
@@ -29,18 +38,45 @@ use crate::record::GpuShare;
 pub const UNATTRIBUTED: &str = "(unattributed)";
 
 const GIB: f64 = (1u64 << 30) as f64;
+/// SM utilisation (percent) below which a process holding GPU memory is idle.
+pub const IDLE_SM_PCT: f64 = 5.0;
 const NANOS_PER_S: f64 = 1e9;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct PidTotals {
+    /// Busy GPU-seconds: integral of SM utilisation.
     pub gpu_seconds: f64,
+    /// GPU-seconds the process held memory.
+    pub held_seconds: f64,
+    /// Held GPU-seconds with SM use below [`IDLE_SM_PCT`] (idle waste).
+    pub idle_held_seconds: f64,
     pub memory_gib_seconds: f64,
     pub energy_joules: f64,
+    /// Intervals whose busy share came from memory held (no per-process utilisation).
+    pub memory_share_intervals: u64,
+    /// Name of the physical GPU the process last ran on (for its price per hour).
+    pub gpu_model: String,
+}
+
+impl PidTotals {
+    fn merge(&mut self, other: PidTotals) {
+        self.gpu_seconds += other.gpu_seconds;
+        self.held_seconds += other.held_seconds;
+        self.idle_held_seconds += other.idle_held_seconds;
+        self.memory_gib_seconds += other.memory_gib_seconds;
+        self.energy_joules += other.energy_joules;
+        self.memory_share_intervals += other.memory_share_intervals;
+        if !other.gpu_model.is_empty() {
+            self.gpu_model = other.gpu_model;
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct OwnerTotals {
     pub gpu_seconds: f64,
+    pub held_seconds: f64,
+    pub idle_held_seconds: f64,
     pub memory_gib_seconds: f64,
     pub energy_joules: f64,
     pub pids: Vec<u32>,
@@ -62,6 +98,25 @@ pub struct DeviceTotals {
     pub energy_from_power_intervals: u64,
     /// Intervals with neither energy counter nor power: no energy counted.
     pub energy_unknown_intervals: u64,
+    /// Intervals in which some share on this GPU was split by memory held (MIG fallback).
+    pub memory_share_intervals: u64,
+}
+
+impl DeviceTotals {
+    fn merge(&mut self, other: DeviceTotals) {
+        self.index = other.index;
+        if !other.name.is_empty() {
+            self.name = other.name;
+        }
+        self.wall_seconds += other.wall_seconds;
+        self.busy_seconds += other.busy_seconds;
+        self.idle_seconds += other.idle_seconds;
+        self.energy_joules += other.energy_joules;
+        self.idle_energy_joules += other.idle_energy_joules;
+        self.energy_from_power_intervals += other.energy_from_power_intervals;
+        self.energy_unknown_intervals += other.energy_unknown_intervals;
+        self.memory_share_intervals += other.memory_share_intervals;
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -90,11 +145,34 @@ impl WindowTotals {
             let name = owner(*pid).unwrap_or_else(|| UNATTRIBUTED.to_owned());
             let o = out.entry(name).or_default();
             o.gpu_seconds += t.gpu_seconds;
+            o.held_seconds += t.held_seconds;
+            o.idle_held_seconds += t.idle_held_seconds;
             o.memory_gib_seconds += t.memory_gib_seconds;
             o.energy_joules += t.energy_joules;
             o.pids.push(*pid);
         }
         out
+    }
+
+    /// Adds a later window to this one (the span grows to cover both).
+    pub fn merge(&mut self, other: WindowTotals) {
+        if self.start_unix_nano.is_none() {
+            self.start_unix_nano = other.start_unix_nano;
+        }
+        if other.end_unix_nano.is_some() {
+            self.end_unix_nano = other.end_unix_nano;
+        }
+        for (pid, t) in other.pids {
+            self.pids.entry(pid).or_default().merge(t);
+        }
+        for (uuid, d) in other.devices {
+            self.devices.entry(uuid).or_default().merge(d);
+        }
+        self.intervals += other.intervals;
+        self.failed_samples += other.failed_samples;
+        self.gaps += other.gaps;
+        self.out_of_order += other.out_of_order;
+        self.orphan_processes += other.orphan_processes;
     }
 }
 
@@ -153,6 +231,11 @@ impl Accountant {
     /// The totals so far; starts a new window (the last sample carries over).
     pub fn take_window(&mut self) -> WindowTotals {
         std::mem::take(&mut self.window)
+    }
+
+    /// The newest good sample (for per-device gauges); `None` after a failure.
+    pub fn last_sample(&self) -> Option<&GpuSample> {
+        self.prev.as_ref()
     }
 }
 
@@ -284,23 +367,42 @@ fn integrate(window: &mut WindowTotals, prev: &GpuSample, cur: &GpuSample, dt: f
         totals.idle_seconds += (1.0 - allocated) * dt;
         totals.idle_energy_joules += (1.0 - allocated) * energy;
 
+        let mut any_memory_split = false;
         for unit in &units {
             let capacity = unit.fraction * dt;
             let unit_energy = unit.fraction * energy;
             let procs = on_device.get(unit.uuid);
             let busy = unit_busy(unit, capacity, procs);
-            let busy_sum: f64 = busy.iter().map(|(_, b)| b).sum();
-            for (pid, seconds) in &busy {
-                let t = window.pids.entry(*pid).or_default();
-                t.gpu_seconds += seconds;
+            let busy_sum: f64 = busy.iter().map(|b| b.seconds).sum();
+            let memory_split = busy.iter().any(|b| b.by_memory);
+            for b in &busy {
+                let t = window.pids.entry(b.pid).or_default();
+                t.gpu_seconds += b.seconds;
                 if capacity > 0.0 {
-                    t.energy_joules += unit_energy * seconds / capacity;
+                    t.energy_joules += unit_energy * b.seconds / capacity;
+                }
+                if b.by_memory {
+                    t.memory_share_intervals += 1;
                 }
             }
             for (pid, reading) in procs.into_iter().flatten() {
                 let t = window.pids.entry(*pid).or_default();
+                t.gpu_model.clone_from(&gpu.name);
                 t.memory_gib_seconds += reading.memory.unwrap_or(0) as f64 / GIB * dt;
+                if reading.memory == Some(0) || capacity <= 0.0 {
+                    continue;
+                }
+                t.held_seconds += capacity;
+                let Some(b) = busy.iter().find(|b| b.pid == *pid) else {
+                    continue;
+                };
+                // A memory split on an instance with no utilisation says nothing about idleness.
+                let idle_known = !b.by_memory || unit.sm_util_pct.is_some();
+                if idle_known && b.seconds / capacity * 100.0 < IDLE_SM_PCT {
+                    t.idle_held_seconds += capacity;
+                }
             }
+            any_memory_split |= memory_split;
             let totals = window.devices.entry(gpu.uuid.clone()).or_default();
             totals.busy_seconds += busy_sum;
             totals.idle_seconds += capacity - busy_sum;
@@ -308,15 +410,26 @@ fn integrate(window: &mut WindowTotals, prev: &GpuSample, cur: &GpuSample, dt: f
                 totals.idle_energy_joules += unit_energy * (1.0 - busy_sum / capacity);
             }
         }
+        if any_memory_split {
+            let totals = window.devices.entry(gpu.uuid.clone()).or_default();
+            totals.memory_share_intervals += 1;
+        }
     }
 }
 
+/// One process's busy time on a unit, and whether it came from a memory-share split.
+struct Busy {
+    pid: u32,
+    seconds: f64,
+    by_memory: bool,
+}
+
 /// Busy seconds per pid on one unit; never more than its capacity in total.
-fn unit_busy(unit: &Unit<'_>, capacity: f64, procs: Option<&ProcessReadings>) -> Vec<(u32, f64)> {
+fn unit_busy(unit: &Unit<'_>, capacity: f64, procs: Option<&ProcessReadings>) -> Vec<Busy> {
     let Some(procs) = procs else {
         return Vec::new();
     };
-    let mut busy: Vec<(u32, f64)> = Vec::with_capacity(procs.len());
+    let mut busy: Vec<Busy> = Vec::with_capacity(procs.len());
     let mut known_sum = 0.0;
     let mut unknown: Vec<(u32, u64)> = Vec::new();
     for (pid, reading) in procs {
@@ -324,7 +437,11 @@ fn unit_busy(unit: &Unit<'_>, capacity: f64, procs: Option<&ProcessReadings>) ->
             Some(u) => {
                 let seconds = u / 100.0 * capacity;
                 known_sum += seconds;
-                busy.push((*pid, seconds));
+                busy.push(Busy {
+                    pid: *pid,
+                    seconds,
+                    by_memory: false,
+                });
             }
             None => unknown.push((*pid, reading.memory.unwrap_or(0))),
         }
@@ -345,14 +462,18 @@ fn unit_busy(unit: &Unit<'_>, capacity: f64, procs: Option<&ProcessReadings>) ->
             } else {
                 1.0 / n
             };
-            busy.push((pid, residual * share));
+            busy.push(Busy {
+                pid,
+                seconds: residual * share,
+                by_memory: true,
+            });
         }
     }
-    let total: f64 = busy.iter().map(|(_, b)| b).sum();
+    let total: f64 = busy.iter().map(|b| b.seconds).sum();
     if total > capacity && total > 0.0 {
         // Per-process utilisations can add up past 100%: scale to the device.
-        for (_, b) in &mut busy {
-            *b *= capacity / total;
+        for b in &mut busy {
+            b.seconds *= capacity / total;
         }
     }
     busy
@@ -392,11 +513,12 @@ pub struct ServedCall {
 }
 
 /// Each call's GPU share, in `calls` order: its server pid's window totals split by
-/// [`apportion`] over that pid's calls. `None` for a pid with no GPU use in the window.
+/// [`apportion`] over that pid's calls, priced with `usd_per_gpu_hour` of the
+/// GPU model the pid ran on. `None` for a pid with no GPU use in the window.
 pub fn apportion_calls(
     window: &WindowTotals,
     calls: &[ServedCall],
-    usd_per_gpu_hour: f64,
+    usd_per_gpu_hour: &dyn Fn(&str) -> f64,
 ) -> Vec<Option<GpuShare>> {
     let mut by_pid: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
     for (i, call) in calls.iter().enumerate() {
@@ -411,10 +533,11 @@ pub fn apportion_calls(
             .iter()
             .map(|&i| calls.get(i).map_or(0, |c| c.tokens))
             .collect();
-        for (i, share) in positions
-            .into_iter()
-            .zip(apportion(totals, &tokens, usd_per_gpu_hour))
-        {
+        for (i, share) in positions.into_iter().zip(apportion(
+            totals,
+            &tokens,
+            usd_per_gpu_hour(&totals.gpu_model),
+        )) {
             if let Some(slot) = out.get_mut(i) {
                 *slot = Some(share);
             }

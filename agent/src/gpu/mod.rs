@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use accounting::{
     apportion, apportion_calls, Accountant, DeviceTotals, OwnerTotals, PidTotals, ServedCall,
-    WindowTotals, UNATTRIBUTED,
+    WindowTotals, IDLE_SM_PCT, UNATTRIBUTED,
 };
 pub use nvml::NvmlSource;
 pub use replay::ReplaySource;
@@ -85,6 +85,18 @@ pub struct ProcessSample {
     pub sm_util_pct: Option<f64>,
     #[serde(default)]
     pub memory_used_bytes: Option<u64>,
+}
+
+/// The error and its causes on one line, for the log.
+pub fn describe(error: &GpuError) -> String {
+    let mut out = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -288,7 +288,7 @@ fn served_calls_get_their_server_pid_share() {
             tokens: 10,
         },
     ];
-    let shares = apportion_calls(&w, &calls, 3.6);
+    let shares = apportion_calls(&w, &calls, &|_| 3.6);
     assert_eq!(shares.len(), 4);
     let seconds = |i: usize| {
         shares
@@ -449,5 +449,97 @@ mod properties {
             prop_assert!(d.idle_seconds >= -1e-9 && d.idle_energy_joules >= -1e-6);
             assert_adds_up(&w);
         }
+    }
+}
+
+#[test]
+fn held_time_and_idle_waste() {
+    let mut accountant = Accountant::new(Duration::from_secs(30));
+    // Pid 1 works at 30 %, pid 2 holds memory at 0 %, pid 3 at 2 % (below the
+    // idle threshold), pid 4 is listed with no memory (holds nothing).
+    let at = |s: u64| GpuSample {
+        timestamp_unix_nano: s * 1_000_000_000,
+        devices: vec![gpu(Some(32.0), Some(s * 100_000))],
+        processes: vec![
+            process(1, Some(30.0), 4),
+            process(2, Some(0.0), 2),
+            process(3, Some(2.0), 1),
+            process(4, Some(0.0), 0),
+        ],
+    };
+    for s in [10, 11, 13] {
+        accountant.add_sample(at(s));
+    }
+    let w = accountant.take_window();
+    let held = |p: u32| (pid(&w, p).held_seconds, pid(&w, p).idle_held_seconds);
+    assert_eq!(held(1), (3.0, 0.0));
+    assert_eq!(held(2), (3.0, 3.0));
+    assert_eq!(held(3), (3.0, 3.0));
+    assert_eq!(held(4), (0.0, 0.0));
+    assert!(close(pid(&w, 1).gpu_seconds, 0.9));
+    assert_eq!(pid(&w, 1).gpu_model, "NVIDIA L40S");
+    assert_adds_up(&w);
+    // Owners sum held and idle time too.
+    let owners = w.by_owner(|p| (p != 1).then(|| "idle-pod".to_owned()));
+    let idle = owners
+        .get("idle-pod")
+        .map(|o| (o.held_seconds, o.idle_held_seconds));
+    assert_eq!(idle, Some((6.0, 6.0)));
+}
+
+#[test]
+fn mig_memory_share_splits_are_flagged() {
+    let w = replay(MIG);
+    // The 2g instance is split by memory in the first interval; 3g (one process,
+    // no utilisation) in both: every MIG share is a memory-share split.
+    assert_eq!(pid(&w, 4002).memory_share_intervals, 1);
+    assert_eq!(pid(&w, 4001).memory_share_intervals, 2);
+    assert_eq!(device(&w, A100).memory_share_intervals, 2);
+    // No utilisation on MIG: idleness is unknown, so no idle waste is claimed.
+    assert_eq!(pid(&w, 4001).idle_held_seconds, 0.0);
+    assert!(close(pid(&w, 4001).held_seconds, 6.0));
+}
+
+#[test]
+fn merged_windows_equal_the_whole_replay() {
+    let mut source = ReplaySource::from_reader(Box::new(FAILED_AND_GAP.as_bytes()));
+    let mut accountant = Accountant::new(Duration::from_secs(30));
+    let mut merged = WindowTotals::default();
+    loop {
+        match source.sample() {
+            Err(GpuError::Exhausted) => break,
+            result => accountant.add(result),
+        }
+        merged.merge(accountant.take_window());
+    }
+    let whole = replay(FAILED_AND_GAP);
+    let p = |w: &WindowTotals| pid(w, 5005).clone();
+    assert!(close(p(&merged).gpu_seconds, p(&whole).gpu_seconds));
+    assert!(close(p(&merged).held_seconds, p(&whole).held_seconds));
+    assert_eq!(merged.gaps, whole.gaps);
+    assert_eq!(merged.start_unix_nano, whole.start_unix_nano);
+    assert_eq!(merged.end_unix_nano, whole.end_unix_nano);
+}
+
+#[test]
+fn a_replayed_sample_seen_twice_counts_once() {
+    // Every line twice, as a sampler re-reading the same NVML buffer would give it.
+    let doubled: String = TWO_PODS
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .flat_map(|l| [l, "\n", l, "\n"])
+        .collect();
+    let mut source = ReplaySource::from_reader(Box::new(std::io::Cursor::new(doubled)));
+    let mut accountant = Accountant::new(Duration::from_secs(30));
+    while let Ok(sample) = source.sample() {
+        accountant.add_sample(sample);
+    }
+    let twice = accountant.take_window();
+    let once = replay(TWO_PODS);
+    assert_eq!(twice.intervals, once.intervals);
+    assert_eq!(twice.out_of_order, once.intervals + 1);
+    for (p, t) in &once.pids {
+        assert!(close(pid(&twice, *p).gpu_seconds, t.gpu_seconds));
+        assert!(close(pid(&twice, *p).energy_joules, t.energy_joules));
     }
 }

@@ -1,10 +1,11 @@
-//! The GPU stage: samples from a [`GpuSource`] on a thread of its own, window
-//! totals per process (and so per pod and team), and each self-hosted call's
-//! share of its server's GPU time.
+//! The GPU stage: samples from a [`GpuSource`] on a thread of its own, GPU
+//! use per process (and so per pod and team) published as metrics every
+//! tick, and each self-hosted call's share of its server's GPU time.
 //!
-//! Calls served on this node are held until the window they fall in closes,
-//! then get their share by tokens and are exported. Calls made to remote APIs
-//! pass straight through.
+//! Calls served on this node are held until the accounting window they fall
+//! in closes (`gpu.window_s`), then get their share of their server process's
+//! busy time and energy in that window, split by tokens (input + output), and
+//! are exported. Calls made to remote APIs pass straight through.
 
 use std::{
     collections::BTreeMap,
@@ -17,8 +18,15 @@ use std::{
 };
 
 use crate::{
-    attribution::{attribute, ProcessTable},
+    attribution::{attribute, k8s::PodCache, ProcessTable},
+    export::metrics::{
+        Metrics, GPU_BUSY_COST, GPU_BUSY_SECONDS, GPU_DEVICE_ENERGY, GPU_DEVICE_SECONDS,
+        GPU_ENERGY, GPU_HELD_SECONDS, GPU_IDLE_ENERGY, GPU_IDLE_HELD_COST, GPU_IDLE_HELD_SECONDS,
+        GPU_IDLE_SECONDS, GPU_MEMORY_GIB_SECONDS, GPU_MEMORY_SHARE_INTERVALS, GPU_SOURCE_UP,
+        HW_GPU_MEMORY_LIMIT, HW_GPU_MEMORY_USAGE, HW_GPU_UTILIZATION,
+    },
     gpu::{apportion_calls, Accountant, GpuError, GpuSample, GpuSource, ServedCall, WindowTotals},
+    pipeline::apply_pod,
     record::{Attribution, CallRecord, Side},
 };
 
@@ -27,6 +35,10 @@ const MAX_HELD: usize = 100_000;
 
 /// Sampling results as they arrive from the sampler thread.
 pub type Samples = mpsc::Receiver<Result<GpuSample, GpuError>>;
+
+/// USD per GPU-hour of a GPU model (the device name NVML reports), when the
+/// price catalogue knows it.
+pub type GpuPriceLookup = Box<dyn Fn(&str) -> Option<f64> + Send>;
 
 /// Starts sampling `source` every `interval` on a thread; samples arrive on the receiver.
 pub fn spawn_sampler(
@@ -53,14 +65,6 @@ pub fn spawn_sampler(
     Ok((rx, handle))
 }
 
-/// Cumulative GPU use of one owner (pod, or process outside Kubernetes).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct OwnerUse {
-    pub gpu_seconds: f64,
-    pub memory_gib_seconds: f64,
-    pub energy_joules: f64,
-}
-
 /// Labels GPU use is kept under.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Owner {
@@ -83,6 +87,32 @@ impl Owner {
             team: or(&a.team),
         }
     }
+
+    fn attributes(&self) -> [(&'static str, &str); 4] {
+        [
+            ("k8s.namespace.name", self.namespace.as_str()),
+            ("k8s.pod.name", self.pod.as_str()),
+            ("tokenscope.workload", self.workload.as_str()),
+            ("tokenscope.team", self.team.as_str()),
+        ]
+    }
+}
+
+/// The owner of a GPU process, through the same attribution path as calls:
+/// process -> cgroup (container, pod uid) -> pod metadata.
+fn owner_of(pid: u32, procs: &mut ProcessTable, pods: Option<&PodCache>) -> Owner {
+    let comm = procs.get(pid).map(|p| p.comm.clone()).unwrap_or_default();
+    let info = procs.lookup(pid, &comm, 0);
+    let mut attribution = attribute(info, pid, &comm, None);
+    if let Some(pod) = pods.and_then(|pods| {
+        attribution
+            .pod_uid
+            .as_deref()
+            .and_then(|uid| pods.by_uid(uid))
+    }) {
+        apply_pod(&mut attribution, pod);
+    }
+    Owner::of(&attribution)
 }
 
 pub struct GpuStage {
@@ -90,24 +120,30 @@ pub struct GpuStage {
     accountant: Accountant,
     window: Duration,
     window_started: Instant,
+    /// Used where the catalogue has no price for the GPU model.
     usd_per_gpu_hour: f64,
+    gpu_price: Option<GpuPriceLookup>,
+    metrics: Arc<Metrics>,
+    source: &'static str,
+    /// GPU use since the window started, for apportioning.
+    pending: WindowTotals,
     held: Vec<CallRecord>,
-    /// Cumulative use per owner, and device idle time/energy, since start.
-    pub owners: BTreeMap<Owner, OwnerUse>,
-    pub idle_seconds: f64,
-    pub idle_energy_joules: f64,
     pub failed_samples: u64,
     pub gaps: u64,
     pub released_without_share: u64,
 }
 
 impl GpuStage {
+    /// `source` names the GPU source in `tokenscope_gpu_source_up`.
     pub fn new(
         samples: Samples,
         interval: Duration,
         window: Duration,
         usd_per_gpu_hour: f64,
+        metrics: Arc<Metrics>,
+        source: &'static str,
     ) -> GpuStage {
+        metrics.set_float(&GPU_SOURCE_UP, &[("source", source)], 1.0);
         GpuStage {
             samples,
             // Three missed samples in a row make a gap, not an interval.
@@ -115,14 +151,30 @@ impl GpuStage {
             window,
             window_started: Instant::now(),
             usd_per_gpu_hour,
+            gpu_price: None,
+            metrics,
+            source,
+            pending: WindowTotals::default(),
             held: Vec::new(),
-            owners: BTreeMap::new(),
-            idle_seconds: 0.0,
-            idle_energy_joules: 0.0,
             failed_samples: 0,
             gaps: 0,
             released_without_share: 0,
         }
+    }
+
+    /// Prices GPU time by GPU model from the catalogue, before the configured fallback.
+    pub fn with_gpu_price(mut self, lookup: GpuPriceLookup) -> GpuStage {
+        self.gpu_price = Some(lookup);
+        self
+    }
+
+    /// USD per GPU-hour of a GPU model: the catalogue's, else the configured one.
+    pub fn usd_per_gpu_hour(&self, gpu_model: &str) -> f64 {
+        self.gpu_price
+            .as_ref()
+            .and_then(|lookup| lookup(gpu_model))
+            .filter(|usd| usd.is_finite() && *usd >= 0.0)
+            .unwrap_or(self.usd_per_gpu_hour)
     }
 
     /// Takes a record; returns those ready to export now.
@@ -138,36 +190,107 @@ impl GpuStage {
         None
     }
 
-    /// Reads pending samples; when the window is over, closes it and returns
-    /// the held calls with their shares.
-    pub fn tick(&mut self, procs: &mut ProcessTable, force: bool) -> Vec<CallRecord> {
+    /// Reads pending samples and publishes the GPU use they add; when the
+    /// window is over, closes it and returns the held calls with their shares.
+    pub fn tick(
+        &mut self,
+        procs: &mut ProcessTable,
+        pods: Option<&PodCache>,
+        force: bool,
+    ) -> Vec<CallRecord> {
+        let mut last_ok = None;
         while let Ok(result) = self.samples.try_recv() {
+            last_ok = Some(result.is_ok());
             self.accountant.add(result);
         }
+        if let Some(ok) = last_ok {
+            let up = if ok { 1.0 } else { 0.0 };
+            self.metrics
+                .set_float(&GPU_SOURCE_UP, &[("source", self.source)], up);
+        }
+        let delta = self.accountant.take_window();
+        self.publish(&delta, procs, pods);
+        self.pending.merge(delta);
         if !force && self.window_started.elapsed() < self.window {
             return Vec::new();
         }
         self.window_started = Instant::now();
-        let totals = self.accountant.take_window();
-        self.close_window(&totals, procs)
+        let totals = std::mem::take(&mut self.pending);
+        self.close_window(&totals)
     }
 
-    fn close_window(&mut self, totals: &WindowTotals, procs: &mut ProcessTable) -> Vec<CallRecord> {
-        self.failed_samples += totals.failed_samples;
-        self.gaps += totals.gaps;
-        for device in totals.devices.values() {
-            self.idle_seconds += device.idle_seconds;
-            self.idle_energy_joules += device.idle_energy_joules;
+    /// Adds one tick's GPU use to the per-pod and per-device counters, and
+    /// sets the per-device gauges from the newest sample.
+    fn publish(&mut self, delta: &WindowTotals, procs: &mut ProcessTable, pods: Option<&PodCache>) {
+        self.failed_samples += delta.failed_samples;
+        self.gaps += delta.gaps;
+        let m = &self.metrics;
+        let mut owners: BTreeMap<Owner, Vec<u32>> = BTreeMap::new();
+        for pid in delta.pids.keys() {
+            owners
+                .entry(owner_of(*pid, procs, pods))
+                .or_default()
+                .push(*pid);
         }
-        for (pid, t) in &totals.pids {
-            let comm = procs.get(*pid).map(|p| p.comm.clone()).unwrap_or_default();
-            let info = procs.lookup(*pid, &comm, 0);
-            let owner = Owner::of(&attribute(info, *pid, &comm, None));
-            let slot = self.owners.entry(owner).or_default();
-            slot.gpu_seconds += t.gpu_seconds;
-            slot.memory_gib_seconds += t.memory_gib_seconds;
-            slot.energy_joules += t.energy_joules;
+        for (owner, pids) in &owners {
+            let attributes = owner.attributes();
+            for t in pids.iter().filter_map(|pid| delta.pids.get(pid)) {
+                let usd_per_second = self.usd_per_gpu_hour(&t.gpu_model) / 3600.0;
+                m.add_float(&GPU_BUSY_SECONDS, &attributes, t.gpu_seconds);
+                m.add_float(&GPU_HELD_SECONDS, &attributes, t.held_seconds);
+                m.add_float(&GPU_ENERGY, &attributes, t.energy_joules);
+                m.add_float(&GPU_MEMORY_GIB_SECONDS, &attributes, t.memory_gib_seconds);
+                m.add_float(&GPU_IDLE_HELD_SECONDS, &attributes, t.idle_held_seconds);
+                m.add_float(
+                    &GPU_IDLE_HELD_COST,
+                    &attributes,
+                    t.idle_held_seconds * usd_per_second,
+                );
+                m.add_float(&GPU_BUSY_COST, &attributes, t.gpu_seconds * usd_per_second);
+            }
         }
+        for (uuid, d) in &delta.devices {
+            let attributes = [("hw.id", uuid.as_str()), ("hw.name", d.name.as_str())];
+            m.add_float(&GPU_DEVICE_SECONDS, &attributes, d.wall_seconds);
+            m.add_float(&GPU_DEVICE_ENERGY, &attributes, d.energy_joules);
+            m.add_float(&GPU_IDLE_SECONDS, &attributes, d.idle_seconds);
+            m.add_float(&GPU_IDLE_ENERGY, &attributes, d.idle_energy_joules);
+            m.add_float(
+                &GPU_MEMORY_SHARE_INTERVALS,
+                &attributes,
+                d.memory_share_intervals as f64,
+            );
+        }
+        if let Some(sample) = self.accountant.last_sample() {
+            for d in &sample.devices {
+                let parent = d.mig.as_ref().map_or("", |mig| mig.parent_uuid.as_str());
+                let attributes = [
+                    ("hw.id", d.uuid.as_str()),
+                    ("hw.name", d.name.as_str()),
+                    ("hw.parent", parent),
+                ];
+                if let Some(util) = d.sm_util_pct.filter(|u| u.is_finite()) {
+                    m.set_float(
+                        &HW_GPU_UTILIZATION,
+                        &attributes,
+                        (util / 100.0).clamp(0.0, 1.0),
+                    );
+                }
+                m.set_float(
+                    &HW_GPU_MEMORY_USAGE,
+                    &attributes,
+                    d.memory_used_bytes as f64,
+                );
+                m.set_float(
+                    &HW_GPU_MEMORY_LIMIT,
+                    &attributes,
+                    d.memory_total_bytes as f64,
+                );
+            }
+        }
+    }
+
+    fn close_window(&mut self, totals: &WindowTotals) -> Vec<CallRecord> {
         let held = std::mem::take(&mut self.held);
         let served: Vec<ServedCall> = held
             .iter()
@@ -177,12 +300,14 @@ impl GpuStage {
                     + r.call.usage.output_tokens.unwrap_or(0),
             })
             .collect();
-        let shares = apportion_calls(totals, &served, self.usd_per_gpu_hour);
+        let price = |model: &str| self.usd_per_gpu_hour(model);
+        let shares = apportion_calls(totals, &served, &price);
         held.into_iter()
             .zip(shares)
             .map(|(mut record, share)| {
                 if let Some(share) = share {
-                    record.cost_usd = Some(share.cost_usd);
+                    // The GPU part adds to any token price the call has.
+                    record.cost_usd = Some(record.cost_usd.unwrap_or(0.0) + share.cost_usd);
                     record.gpu = Some(share);
                 }
                 record
@@ -226,7 +351,15 @@ mod tests {
         while let Ok(sample) = source.sample() {
             tx.send(Ok(sample)).unwrap();
         }
-        let mut stage = GpuStage::new(rx, Duration::from_secs(5), Duration::from_secs(3600), 3.6);
+        let metrics = Arc::new(Metrics::default());
+        let mut stage = GpuStage::new(
+            rx,
+            Duration::from_secs(5),
+            Duration::from_secs(3600),
+            3.6,
+            Arc::clone(&metrics),
+            "replay",
+        );
         let client = {
             let mut r = served(1001, 1, 1);
             r.side = Side::Client;
@@ -237,10 +370,10 @@ mod tests {
         assert!(stage.admit(served(1001, 100, 0)).is_none());
         let mut procs = ProcessTable::new("/nonexistent", 0, 10);
         assert!(
-            stage.tick(&mut procs, false).is_empty(),
+            stage.tick(&mut procs, None, false).is_empty(),
             "window still open"
         );
-        let out = stage.tick(&mut procs, true);
+        let out = stage.tick(&mut procs, None, true);
         assert_eq!(out.len(), 2);
         let a = out[0].gpu.clone().expect("share");
         let b = out[1].gpu.clone().expect("share");
@@ -253,12 +386,42 @@ mod tests {
         assert!((a.cost_usd - a.gpu_seconds * 0.001).abs() < 1e-12);
         assert_eq!(out[0].cost_usd, Some(a.cost_usd));
         // The shares add up to the serving process's own total.
-        let server = stage
-            .owners
-            .iter()
-            .find(|(o, _)| o.pod == "pid:1001 ")
-            .map(|(_, u)| u.gpu_seconds)
+        let server = metrics
+            .float_points(&GPU_BUSY_SECONDS)
+            .into_iter()
+            .find(|(attributes, _)| {
+                attributes.contains(&("k8s.pod.name".to_owned(), "pid:1001 ".to_owned()))
+            })
+            .map(|(_, v)| v)
             .expect("pid 1001 is an owner");
         assert!((server - a.gpu_seconds - b.gpu_seconds).abs() < 1e-9);
+        // Every pod's busy time plus device idle is the device time.
+        let sum = |family| -> f64 {
+            metrics
+                .float_points(family)
+                .into_iter()
+                .map(|(_, v)| v)
+                .sum()
+        };
+        let wall = sum(&GPU_DEVICE_SECONDS);
+        assert!(wall > 0.0);
+        assert!((sum(&GPU_BUSY_SECONDS) + sum(&GPU_IDLE_SECONDS) - wall).abs() <= 0.01 * wall);
+        assert!(!metrics.float_points(&HW_GPU_MEMORY_USAGE).is_empty());
+    }
+
+    #[test]
+    fn the_catalogue_price_wins_over_the_fallback() {
+        let (_tx, rx) = mpsc::sync_channel(1);
+        let stage = GpuStage::new(
+            rx,
+            Duration::from_secs(1),
+            Duration::from_secs(10),
+            2.0,
+            Arc::new(Metrics::default()),
+            "replay",
+        )
+        .with_gpu_price(Box::new(|model| model.contains("H100").then_some(4.5)));
+        assert_eq!(stage.usd_per_gpu_hour("NVIDIA H100 80GB HBM3"), 4.5);
+        assert_eq!(stage.usd_per_gpu_hour("NVIDIA L4"), 2.0);
     }
 }
