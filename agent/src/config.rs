@@ -36,6 +36,7 @@ pub struct Config {
     pub export: ExportConfig,
     pub gpu: GpuConfig,
     pub pricing: PricingConfig,
+    pub teams: TeamsConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -90,6 +91,10 @@ pub struct KubernetesConfig {
     pub enabled: bool,
     /// Pod label naming the owning team; the namespace's label of the same name is the fallback.
     pub team_label: String,
+    /// Annotation naming the team, looked up after the label of the same
+    /// object (pod, then namespace); empty for none. The namespace name is the
+    /// last fallback.
+    pub team_annotation: String,
 }
 
 impl Default for KubernetesConfig {
@@ -97,8 +102,19 @@ impl Default for KubernetesConfig {
         KubernetesConfig {
             enabled: false,
             team_label: "team".to_string(),
+            team_annotation: "team".to_string(),
         }
     }
+}
+
+/// Teams of processes in no pod (off Kubernetes, or host services on a node).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TeamsConfig {
+    /// systemd unit (`inference.service`) → team; looked up first.
+    pub units: std::collections::BTreeMap<String, String>,
+    /// User name → team.
+    pub users: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -318,6 +334,19 @@ impl Config {
             key,
             reason: reason.to_string(),
         };
+        if self.kubernetes.team_label.trim().is_empty() {
+            return Err(invalid("kubernetes.team_label", "must not be empty"));
+        }
+        let blank = |m: &std::collections::BTreeMap<String, String>| {
+            m.iter()
+                .any(|(k, v)| k.trim().is_empty() || v.trim().is_empty())
+        };
+        if blank(&self.teams.units) || blank(&self.teams.users) {
+            return Err(invalid(
+                "teams",
+                "unit, user and team names must not be empty",
+            ));
+        }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.agent.log_level.as_str()) {
             return Err(invalid(
                 "agent.log_level",
@@ -406,6 +435,22 @@ mod tests {
             Some("http://c:4317")
         );
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn teams_off_kubernetes_and_the_team_annotation() {
+        let config = Config::from_toml(
+            "[kubernetes]\nteam_annotation = \"example.com/team\"\n[teams]\nunits = { \"demo.service\" = \"research\" }\nusers = { alice = \"nlp\" }\n",
+        )
+        .unwrap();
+        assert_eq!(config.kubernetes.team_label, "team");
+        assert_eq!(config.kubernetes.team_annotation, "example.com/team");
+        assert_eq!(config.teams.units["demo.service"], "research");
+        assert_eq!(config.teams.users["alice"], "nlp");
+        config.validate().unwrap();
+        let bad = Config::from_toml("[teams]\nusers = { alice = \"\" }\n").unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("teams"));
+        assert!(Config::from_toml("[teams]\ngroups = {}\n").is_err());
     }
 
     #[test]
