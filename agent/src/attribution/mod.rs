@@ -1,13 +1,15 @@
 //! Who made each call: process → container → pod → workload → team.
 
 pub mod cgroup;
+mod cgroup_ids;
 pub mod k8s;
 mod users;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::record::Attribution;
-use cgroup::{identity_of_pid, CgroupIdentity};
+use cgroup::{identity_of_pid, parse_cgroup_path, CgroupIdentity};
+pub use cgroup_ids::CgroupIds;
 pub use users::Users;
 
 /// One process the agent knows about.
@@ -69,6 +71,7 @@ pub struct ProcessTable {
     proc_root: String,
     users: Users,
     teams: HostTeams,
+    cgroup_ids: CgroupIds,
 }
 
 impl ProcessTable {
@@ -81,6 +84,9 @@ impl ProcessTable {
             proc_root: proc_root.to_string(),
             users: Users::new("/etc/passwd"),
             teams: HostTeams::default(),
+            cgroup_ids: CgroupIds::from_mountinfo(std::path::Path::new(&format!(
+                "{proc_root}/self/mountinfo"
+            ))),
         }
     }
 
@@ -120,8 +126,17 @@ impl ProcessTable {
         if self.procs.len() >= self.max && !self.procs.contains_key(&pid) {
             return;
         }
-        let (cgroup_path, identity) = identity_of_pid(&self.proc_root, pid).unzip();
-        let identity = identity.unwrap_or_default();
+        // A process that is already gone is found by the cgroup ID its event carried.
+        let (cgroup_path, identity) = match identity_of_pid(&self.proc_root, pid) {
+            Some((path, identity)) => (Some(path), identity),
+            None => match self.cgroup_ids.path_of(cgroup_id) {
+                Some(path) => {
+                    let identity = parse_cgroup_path(&path);
+                    (Some(path), identity)
+                }
+                None => (None, CgroupIdentity::default()),
+            },
+        };
         let uid = uid_of_pid(&self.proc_root, pid);
         let in_container = identity.container_id.is_some() || identity.pod_uid.is_some();
         let user = uid
@@ -179,13 +194,23 @@ impl ProcessTable {
     /// The process, read from /proc when it predates the agent.
     pub fn lookup(&mut self, pid: u32, comm: &str, cgroup_id: u64) -> Option<&ProcessInfo> {
         if !self.procs.contains_key(&pid) {
-            let stat = std::fs::read_to_string(format!("{}/{pid}/stat", self.proc_root)).ok()?;
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            self.on_exec(pid, ppid, comm, "", cgroup_id, 0);
+            match std::fs::read_to_string(format!("{}/{pid}/stat", self.proc_root)) {
+                Ok(stat) => {
+                    let ppid = stat
+                        .rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
+                    self.on_exec(pid, ppid, comm, "", cgroup_id, 0);
+                }
+                // Gone, and its exec was never seen: what its cgroup ID says, kept
+                // for the grace period only.
+                Err(_) if cgroup_id != 0 => {
+                    self.on_exec(pid, 0, comm, "", cgroup_id, 0);
+                    self.on_exit(pid, now_ns());
+                }
+                Err(_) => return None,
+            }
         }
         self.procs.get(&pid)
     }
@@ -207,6 +232,13 @@ impl ProcessTable {
             }
         }
     }
+}
+
+/// CLOCK_MONOTONIC nanoseconds, the clock of event timestamps.
+fn now_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 /// The real uid from the `Uid:` line of /proc/<pid>/status.
@@ -306,6 +338,35 @@ mod tests {
         );
         assert_eq!(teams.team_of(None, None), None);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_process_gone_before_its_exec_is_read_keeps_its_cgroup_from_the_id() {
+        use std::os::unix::fs::MetadataExt;
+        let root = std::env::temp_dir().join(format!("tokenscope-gone-{}", std::process::id()));
+        let leaf = root.join(format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1a2b3c4d_5e6f_7a8b_9c0d_1e2f3a4b5c6d.slice/crio-{}.scope",
+            "ab".repeat(32)
+        ));
+        std::fs::create_dir_all(&leaf).unwrap();
+        let id = std::fs::metadata(&leaf).unwrap().ino();
+        let mut table = ProcessTable::new("/proc", 1_000, 100);
+        table.cgroup_ids = CgroupIds::at(Some(root.clone()));
+        let gone = u32::MAX - 7;
+        table.on_exec(gone, 1, "curl", "/usr/bin/curl", id, 5);
+        let p = table.get(gone).unwrap();
+        assert_eq!(
+            p.identity.pod_uid.as_deref(),
+            Some("1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d")
+        );
+        assert_eq!(p.identity.container_id, Some("ab".repeat(32)));
+        // Never seen at all: the data event's cgroup ID, kept only for the grace period.
+        let unseen = u32::MAX - 8;
+        let p = table.lookup(unseen, "curl", id).unwrap();
+        assert_eq!(p.identity.container_id, Some("ab".repeat(32)));
+        assert!(p.exited_ns.is_some());
+        assert!(table.lookup(u32::MAX - 9, "curl", 0).is_none());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
