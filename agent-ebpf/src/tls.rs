@@ -5,86 +5,62 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
+    EbpfContext,
 };
-use tokenscope_common::{
-    Counter, SslCall, Tuple, DIR_EGRESS, DIR_INGRESS, FLAG_TRUNCATED, SOURCE_TLS,
-};
+use tokenscope_common::{ssl_cookie, Counter, SslCall, Tuple, FLAG_TRUNCATED};
 
 use crate::{
     emit::{admit, begin, direct, lost_from, starts_with_post},
     maps::{agent_tgid, count, CONN_STATE, SSL_ACTIVE},
 };
 
+/// Entry of `SSL_read`/`SSL_write`, their `_ex` variants, or the internal
+/// function both call; the attach cookie tells which.
 #[uprobe]
-pub fn ssl_write(ctx: ProbeContext) -> u32 {
-    enter(&ctx, DIR_EGRESS, false);
-    0
-}
-
-#[uprobe]
-pub fn ssl_read(ctx: ProbeContext) -> u32 {
-    enter(&ctx, DIR_INGRESS, false);
-    0
-}
-
-#[uprobe]
-pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
-    enter(&ctx, DIR_EGRESS, true);
-    0
-}
-
-#[uprobe]
-pub fn ssl_read_ex(ctx: ProbeContext) -> u32 {
-    enter(&ctx, DIR_INGRESS, true);
+pub fn ssl_enter(ctx: ProbeContext) -> u32 {
+    let cookie = unsafe { aya_ebpf::helpers::generated::bpf_get_attach_cookie(ctx.as_ptr()) };
+    enter(&ctx, cookie);
     0
 }
 
 #[uretprobe]
-pub fn ssl_write_ret(ctx: RetProbeContext) -> u32 {
-    leave(&ctx, false);
-    0
-}
-
-#[uretprobe]
-pub fn ssl_read_ret(ctx: RetProbeContext) -> u32 {
-    leave(&ctx, false);
-    0
-}
-
-#[uretprobe]
-pub fn ssl_write_ex_ret(ctx: RetProbeContext) -> u32 {
-    leave(&ctx, true);
-    0
-}
-
-#[uretprobe]
-pub fn ssl_read_ex_ret(ctx: RetProbeContext) -> u32 {
-    leave(&ctx, true);
+pub fn ssl_leave(ctx: RetProbeContext) -> u32 {
+    leave(&ctx);
     0
 }
 
 #[inline(always)]
-fn enter(ctx: &ProbeContext, dir: u8, ex: bool) {
+fn enter(ctx: &ProbeContext, cookie: u64) {
     count(Counter::SslCalls, 1);
     let pid_tgid = bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == agent_tgid() {
         return;
     }
+    let (dir, len_arg, source) = ssl_cookie::decode(cookie);
     let ssl: u64 = ctx.arg(0).unwrap_or(0);
     let buf: u64 = ctx.arg(1).unwrap_or(0);
-    let len_ptr: u64 = if ex { ctx.arg(3).unwrap_or(0) } else { 0 };
+    // Both registers are read before choosing: a load at a computed
+    // context offset is refused by the verifier.
+    let arg3: u64 = ctx.arg(3).unwrap_or(0);
+    let arg4: u64 = ctx.arg(4).unwrap_or(0);
+    let len_ptr: u64 = match len_arg {
+        3 => arg3,
+        4 => arg4,
+        _ => 0,
+    };
     let call = SslCall {
         ssl,
         buf,
         len_ptr,
         dir,
-        _pad: [0; 7],
+        source,
+        _pad: [0; 6],
     };
     let _ = SSL_ACTIVE.insert(&pid_tgid, &call, 0);
 }
 
 #[inline(always)]
-fn leave(ctx: &RetProbeContext, ex: bool) {
+fn leave(ctx: &RetProbeContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(call) = (unsafe { SSL_ACTIVE.get(&pid_tgid) }).copied() else {
         if (pid_tgid >> 32) as u32 != agent_tgid() {
@@ -94,7 +70,7 @@ fn leave(ctx: &RetProbeContext, ex: bool) {
     };
     let _ = SSL_ACTIVE.remove(&pid_tgid);
     let ret: i64 = ctx.ret();
-    let moved: u64 = if ex {
+    let moved: u64 = if call.len_ptr != 0 {
         if ret as i32 != 1 {
             return;
         }
@@ -119,7 +95,7 @@ fn leave(ctx: &RetProbeContext, ex: bool) {
     let Some(limit) = admit(call.ssl, call_len, state, opens_with_post) else {
         return;
     };
-    if !begin(call.ssl, call.dir, SOURCE_TLS, call_len, |t| {
+    if !begin(call.ssl, call.dir, call.source, call_len, |t| {
         *t = Tuple::default()
     }) {
         return;

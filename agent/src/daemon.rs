@@ -438,6 +438,13 @@ fn publish_counters(l: &CaptureLoop, decode_errors: u64) {
         metrics.set_agent_counter("tokenscope_streams_total", &[("counter", name)], value);
     }
     metrics.set_agent_gauge("tokenscope_open_connections", &[], l.streams.len() as f64);
+    for (placement, value) in crate::probes::ssl_placements() {
+        metrics.set_agent_counter(
+            "tokenscope_tls_probe_placements_total",
+            &[("placement", placement)],
+            value,
+        );
+    }
     if let Some(gpu) = &l.gpu {
         // GPU use per pod and device is published by the GPU stage itself.
         metrics.set_agent_counter(
@@ -463,7 +470,18 @@ fn tls_attacher(
         for path in paths {
             let Ok(mut p) = probes.lock() else { return };
             match p.attach_ssl(&path) {
-                Ok(n) => tracing::info!(event = "tls_attached", path = %path.display(), probes = n),
+                Ok(a) => {
+                    tracing::info!(
+                        event = "tls_attached",
+                        path = %path.display(),
+                        library = a.library,
+                        probes = a.attached,
+                        planned = a.planned,
+                        emulated = a.emulated,
+                        read = a.read.as_str(),
+                        write = a.write.as_str(),
+                    );
+                }
                 Err(error) => {
                     tracing::warn!(event = "tls_attach_failed", path = %path.display(), %error)
                 }

@@ -35,14 +35,30 @@ pub mod names {
     pub const SOCK_SEND: &str = "sock_send_length";
     pub const SOCK_RECV: &str = "sock_recv_length";
     pub const SOCK_STATE: &str = "inet_sock_set_state";
-    pub const SSL_WRITE: &str = "ssl_write";
-    pub const SSL_WRITE_RET: &str = "ssl_write_ret";
-    pub const SSL_READ: &str = "ssl_read";
-    pub const SSL_READ_RET: &str = "ssl_read_ret";
-    pub const SSL_WRITE_EX: &str = "ssl_write_ex";
-    pub const SSL_READ_EX: &str = "ssl_read_ex";
-    pub const SSL_EX_RET_WRITE: &str = "ssl_write_ex_ret";
-    pub const SSL_EX_RET_READ: &str = "ssl_read_ex_ret";
+    /// Entry of an SSL read/write (or of the library's internal function
+    /// both variants call); the attach cookie says which (see [`super::ssl_cookie`]).
+    pub const SSL_ENTER: &str = "ssl_enter";
+    /// Return of the same function.
+    pub const SSL_LEAVE: &str = "ssl_leave";
+}
+
+/// The attach cookie of the SSL probes: direction, where the byte count is
+/// written, and which TLS library the probe sits in.
+pub mod ssl_cookie {
+    /// The function returns the byte count itself (`SSL_read`, `SSL_write`).
+    pub const LEN_RETURNED: u8 = 0xff;
+
+    /// `len_arg`: index of the `size_t *` argument the library writes the
+    /// byte count to (the `_ex` variants and the internal functions), or
+    /// [`LEN_RETURNED`].
+    pub const fn encode(dir: u8, len_arg: u8, source: u8) -> u64 {
+        dir as u64 | (len_arg as u64) << 8 | (source as u64) << 16
+    }
+
+    /// (dir, len_arg, source)
+    pub const fn decode(cookie: u64) -> (u8, u8, u8) {
+        (cookie as u8, (cookie >> 8) as u8, (cookie >> 16) as u8)
+    }
 }
 
 /// Largest payload carried by one data event; bigger calls are split.
@@ -101,9 +117,16 @@ const _: () = assert!(core::mem::size_of::<ProcEvent>() == PROC_EVENT_SIZE);
 pub const DIR_EGRESS: u8 = 0;
 pub const DIR_INGRESS: u8 = 1;
 
-/// Where the bytes were read.
+/// Where the bytes were read: the socket, or the TLS library they came from.
 pub const SOURCE_SOCKET: u8 = 0;
-pub const SOURCE_TLS: u8 = 1;
+/// OpenSSL's shared `libssl.so`.
+pub const SOURCE_TLS_OPENSSL: u8 = 1;
+/// OpenSSL linked into an executable or another library (Node, libnode).
+pub const SOURCE_TLS_OPENSSL_EMBEDDED: u8 = 2;
+/// BoringSSL linked into an executable (Bun, Chromium-based runtimes).
+pub const SOURCE_TLS_BORINGSSL: u8 = 3;
+/// Go's `crypto/tls`.
+pub const SOURCE_TLS_GO: u8 = 4;
 
 /// Data flags.
 /// The call carried more bytes than were captured; the rest is a gap.
@@ -210,10 +233,12 @@ const _: () = assert!(core::mem::size_of::<ConnState>() == 16);
 pub struct SslCall {
     pub ssl: u64,
     pub buf: u64,
-    /// `SSL_*_ex` only: where the library writes the byte count.
+    /// Where the library writes the byte count; 0 when the call returns it.
     pub len_ptr: u64,
     pub dir: u8,
-    pub _pad: [u8; 7],
+    /// The `SOURCE_TLS_*` library kind.
+    pub source: u8,
+    pub _pad: [u8; 6],
 }
 const _: () = assert!(core::mem::size_of::<SslCall>() == 32);
 

@@ -209,6 +209,8 @@ fn tls_calls_from_real_sdks_are_decoded() {
     let r = one(&agent, "curl over TLS", pid, "client");
     assert_usage(&r, 21, 7);
     assert_eq!(r["process"]["comm"], "curl");
+    assert_eq!(r["tls"], "openssl", "{r:#}");
+    assert_eq!(r["response_id"], "chatcmpl-1", "{r:#}");
 
     // Python openai SDK (httpx, libssl's SSL_read_ex/SSL_write_ex), plain and streamed.
     for mode in ["plain", "stream"] {
@@ -261,6 +263,8 @@ fn tls_calls_from_real_sdks_are_decoded() {
     );
     let r = one(&agent, "node openai SDK", pid, "client");
     assert_usage(&r, 21, 7);
+    // Node carries its own OpenSSL; the record names the library it came from.
+    assert_eq!(r["tls"], "openssl-embedded", "{r:#}");
 
     let events = std::fs::read_to_string(&agent.events).expect("events");
     assert!(!events.contains("SECRET"), "an API key leaked");

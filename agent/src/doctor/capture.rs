@@ -16,7 +16,7 @@ use super::{checks::is_libssl, error_chain, Check};
 use crate::{
     config::CaptureConfig,
     events::{decode, Event},
-    probes::{tls::SSL_PROBES, LoadSettings, Probes},
+    probes::{LoadSettings, Probes},
 };
 
 /// How long the exec of a child may take to come back through the ring buffer.
@@ -215,25 +215,26 @@ fn uprobes(probes: &mut Probes, host_targets: &[PathBuf]) -> Check {
         );
     };
     match probes.attach_ssl(target) {
-        Ok(0) => Check::fail(
+        Ok(a) if a.attached == 0 => Check::fail(
             NAME,
             format!(
-                "none of the {} OpenSSL uprobes attached to {}",
-                SSL_PROBES.len(),
+                "none of the {} SSL uprobes attached to {}",
+                a.planned,
                 target.display()
             ),
         ),
-        Ok(attached) => Check::ok(
+        Ok(a) => Check::ok(
             NAME,
             format!(
-                "{attached} of {} OpenSSL uprobes attached to {}{}",
-                SSL_PROBES.len(),
+                "{} of {} {} uprobes attached to {} (reads on the {} function, writes on the {} \
+                 function; {} on emulated instructions)",
+                a.attached,
+                a.planned,
+                a.library,
                 target.display(),
-                if attached < SSL_PROBES.len() {
-                    " (no SSL_write_ex/SSL_read_ex: OpenSSL before 1.1.1 or BoringSSL)"
-                } else {
-                    ""
-                }
+                a.read.as_str(),
+                a.write.as_str(),
+                a.emulated,
             ),
         ),
         Err(e) => Check::fail(NAME, format!("{}: {}", target.display(), error_chain(&e))),

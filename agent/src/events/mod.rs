@@ -6,7 +6,8 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use bytemuck::pod_read_unaligned;
 use tokenscope_common::{
     ConnEvent, DataHeader, EventKind, ProcEvent, TlsLinkEvent, Tuple, CONN_CLOSE, CONN_EVENT_SIZE,
-    DATA_HEADER_SIZE, DIR_EGRESS, FLAG_TRUNCATED, FLAG_UNREADABLE, PROC_EVENT_SIZE, SOURCE_TLS,
+    DATA_HEADER_SIZE, DIR_EGRESS, FLAG_TRUNCATED, FLAG_UNREADABLE, PROC_EVENT_SIZE, SOURCE_SOCKET,
+    SOURCE_TLS_BORINGSSL, SOURCE_TLS_GO, SOURCE_TLS_OPENSSL, SOURCE_TLS_OPENSSL_EMBEDDED,
     TLS_LINK_EVENT_SIZE,
 };
 
@@ -27,7 +28,19 @@ pub enum DecodeError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
     Socket,
-    Tls,
+    /// TLS plaintext, from the library of this `SOURCE_TLS_*` kind.
+    Tls(u8),
+}
+
+/// The name a record's `tls` field carries for a `SOURCE_TLS_*` kind.
+pub fn tls_library_name(source: u8) -> &'static str {
+    match source {
+        SOURCE_TLS_OPENSSL => "openssl",
+        SOURCE_TLS_OPENSSL_EMBEDDED => "openssl-embedded",
+        SOURCE_TLS_BORINGSSL => "boringssl",
+        SOURCE_TLS_GO => "go",
+        _ => "unknown",
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,10 +173,10 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
                 });
             }
             Event::Data(Data {
-                source: if h.source == SOURCE_TLS {
-                    Source::Tls
-                } else {
+                source: if h.source == SOURCE_SOCKET {
                     Source::Socket
+                } else {
+                    Source::Tls(h.source)
                 },
                 flow: if h.dir == DIR_EGRESS {
                     Flow::Egress

@@ -92,7 +92,7 @@ impl Enricher {
             attribution,
             peer: meta.endpoints.map(|e| e.remote.to_string()),
             local: meta.endpoints.map(|e| e.local.to_string()),
-            tls: meta.tls.then(|| "openssl".to_string()),
+            tls: meta.tls.map(str::to_string),
             cost_usd,
             gpu: None,
             call,
@@ -145,7 +145,7 @@ mod tests {
             comm: "vllm".into(),
             cgroup_id: 0,
             side,
-            tls: false,
+            tls: None,
             endpoints: Some(Endpoints {
                 local: "10.244.1.31:8000".parse().unwrap(),
                 remote: remote.parse().unwrap(),

@@ -1,13 +1,17 @@
 //! Loading and attaching the eBPF programs. The only module that touches aya.
 
 mod btf;
+pub mod placement;
 pub mod tls;
 
 use std::collections::HashMap as StdHashMap;
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint, UProbe},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        BtfTracePoint, TracePoint, UProbe,
+    },
     Btf, Ebpf, EbpfLoader,
 };
 use tokenscope_common::{
@@ -43,6 +47,18 @@ pub enum ProbeError {
         what: &'static str,
         #[source]
         source: aya::programs::ProgramError,
+    },
+    #[error("cannot read {path}")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot place SSL probes in {path}")]
+    Placement {
+        path: std::path::PathBuf,
+        #[source]
+        source: placement::PlacementError,
     },
     #[error("map {name}")]
     Map {
@@ -174,36 +190,92 @@ impl Probes {
         out
     }
 
-    /// Attaches the OpenSSL probes to one library or executable.
-    pub fn attach_ssl(&mut self, target: &std::path::Path) -> Result<usize, ProbeError> {
+    /// Attaches the SSL probes to one library or executable, where
+    /// [`placement::plan`] puts them for this build.
+    pub fn attach_ssl(&mut self, target: &std::path::Path) -> Result<SslAttach, ProbeError> {
         if !self.ssl_loaded {
-            for (name, _, _) in tls::SSL_PROBES {
+            for name in [names::SSL_ENTER, names::SSL_LEAVE] {
                 let prog: &mut UProbe = program(&mut self.ebpf, name)?;
                 prog.load()
                     .map_err(|source| prog_err(name, "load", source))?;
             }
             self.ssl_loaded = true;
         }
+        let data = std::fs::read(target).map_err(|source| ProbeError::Read {
+            path: target.to_path_buf(),
+            source,
+        })?;
+        let kind = tls::library_kind(target, &data);
+        let plan = placement::plan(&data, kind).map_err(|source| ProbeError::Placement {
+            path: target.to_path_buf(),
+            source,
+        })?;
+        drop(data);
         let mut attached = 0;
-        for (name, symbol, _) in tls::SSL_PROBES {
+        for a in &plan.attachments {
+            let name = if a.ret {
+                names::SSL_LEAVE
+            } else {
+                names::SSL_ENTER
+            };
             let prog: &mut UProbe = program(&mut self.ebpf, name)?;
-            match prog.attach(
-                symbol,
-                target,
-                aya::programs::uprobe::UProbeScope::AllProcesses,
-            ) {
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(a.offset),
+                cookie: Some(a.cookie),
+            };
+            match prog.attach(point, target, UProbeScope::AllProcesses) {
                 Ok(_) => attached += 1,
-                // Libraries without the `_ex` pair (older OpenSSL, BoringSSL) are normal.
                 Err(source) => tracing::debug!(
                     target_path = %target.display(),
-                    symbol,
+                    offset = a.offset,
+                    ret = a.ret,
                     error = %source,
                     "uprobe not attached"
                 ),
             }
         }
-        Ok(attached)
+        for p in [plan.read, plan.write] {
+            SSL_PLACEMENTS[p as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(SslAttach {
+            attached,
+            planned: plan.attachments.len(),
+            emulated: plan.attachments.iter().filter(|a| a.emulated).count(),
+            read: plan.read,
+            write: plan.write,
+            library: tls::library_name(kind),
+        })
     }
+}
+
+/// How often each library function (read or write) was probed on the
+/// internal function, and how often on the symbols' entries (the fallback).
+static SSL_PLACEMENTS: [std::sync::atomic::AtomicU64; 2] = [
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+];
+
+/// (placement, count) for every placement kind, for the metrics.
+pub fn ssl_placements() -> [(&'static str, u64); 2] {
+    use placement::Placement;
+    [Placement::Internal, Placement::Entry].map(|p| {
+        (
+            p.as_str(),
+            SSL_PLACEMENTS[p as usize].load(std::sync::atomic::Ordering::Relaxed),
+        )
+    })
+}
+
+/// What [`Probes::attach_ssl`] did to one file.
+#[derive(Clone, Debug)]
+pub struct SslAttach {
+    pub attached: usize,
+    pub planned: usize,
+    /// Probes on instructions the kernel emulates (no single-step).
+    pub emulated: usize,
+    pub read: placement::Placement,
+    pub write: placement::Placement,
+    pub library: &'static str,
 }
 
 fn prog_err(

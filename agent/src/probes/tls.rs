@@ -9,19 +9,21 @@ use std::{
 };
 
 use object::{Object, ObjectSymbol};
-use tokenscope_common::names;
+use tokenscope_common::{SOURCE_TLS_BORINGSSL, SOURCE_TLS_OPENSSL, SOURCE_TLS_OPENSSL_EMBEDDED};
 
-/// (program, symbol) pairs attached to every OpenSSL-family target.
-pub const SSL_PROBES: [(&str, &str, bool); 8] = [
-    (names::SSL_WRITE, "SSL_write", false),
-    (names::SSL_WRITE_RET, "SSL_write", true),
-    (names::SSL_READ, "SSL_read", false),
-    (names::SSL_READ_RET, "SSL_read", true),
-    (names::SSL_WRITE_EX, "SSL_write_ex", false),
-    (names::SSL_EX_RET_WRITE, "SSL_write_ex", true),
-    (names::SSL_READ_EX, "SSL_read_ex", false),
-    (names::SSL_EX_RET_READ, "SSL_read_ex", true),
-];
+/// The `SOURCE_TLS_*` kind of a TLS library file.
+pub fn library_kind(path: &Path, data: &[u8]) -> u8 {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if memchr::memmem::find(data, b"BoringSSL").is_some() {
+        SOURCE_TLS_BORINGSSL
+    } else if name.starts_with("libssl.so") {
+        SOURCE_TLS_OPENSSL
+    } else {
+        SOURCE_TLS_OPENSSL_EMBEDDED
+    }
+}
+
+pub use crate::events::tls_library_name as library_name;
 
 /// Remembers which files were already looked at, by (device, inode), so each
 /// library is probed once however many processes map it.
@@ -50,7 +52,11 @@ impl TlsScanner {
                 .and_then(|n| n.to_str())
                 .unwrap_or("");
             let is_libssl = file_name.starts_with("libssl.so");
-            let is_candidate_exe = !file_name.contains(".so");
+            // Executables (node, bun) and runtime libraries that carry their
+            // own OpenSSL or BoringSSL (libnode.so).
+            let is_candidate_exe = !file_name.contains(".so")
+                || file_name.starts_with("libnode.so")
+                || file_name.starts_with("libboringssl");
             if !is_libssl && !is_candidate_exe {
                 continue;
             }

@@ -54,7 +54,8 @@ pub struct ConnMeta {
     pub comm: String,
     pub cgroup_id: u64,
     pub side: Side,
-    pub tls: bool,
+    /// The TLS library the plaintext came from; `None` for plain text.
+    pub tls: Option<&'static str>,
     pub endpoints: Option<Endpoints>,
     /// Server name from the HTTP `Host` / `:authority`, when known.
     pub authority: Option<String>,
@@ -153,7 +154,7 @@ impl StreamTable {
             self.stats.connections += 1;
             let endpoints = match data.source {
                 Source::Socket => data.endpoints,
-                Source::Tls => self.ssl_endpoints.get(&data.conn_id).copied(),
+                Source::Tls(_) => self.ssl_endpoints.get(&data.conn_id).copied(),
             };
             self.conns.insert(
                 data.conn_id,
@@ -164,7 +165,10 @@ impl StreamTable {
                         comm: data.comm.clone(),
                         cgroup_id: data.cgroup_id,
                         side: Side::Client,
-                        tls: data.source == Source::Tls,
+                        tls: match data.source {
+                            Source::Tls(kind) => Some(crate::events::tls_library_name(kind)),
+                            Source::Socket => None,
+                        },
                         endpoints,
                         authority: None,
                     },
@@ -243,7 +247,7 @@ impl StreamTable {
         let ids: Vec<u64> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.meta.pid == pid && c.meta.tls)
+            .filter(|(_, c)| c.meta.pid == pid && c.meta.tls.is_some())
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
@@ -301,7 +305,7 @@ impl StreamTable {
         }
         // The kernel forgets a socket itself when it closes; an SSL object has
         // no close it can see, and its address is soon reused by the next one.
-        if conn.meta.tls {
+        if conn.meta.tls.is_some() {
             out.forget.push(conn_id);
         }
     }
