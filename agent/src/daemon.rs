@@ -403,7 +403,7 @@ fn flush_output(l: &mut CaptureLoop, out: &mut Output) {
             status = record.call.status.unwrap_or(0),
         );
         let ready = match l.gpu.as_mut() {
-            Some(gpu) => gpu.admit(record),
+            Some(gpu) => gpu.admit(record, l.enricher.pods.as_ref()),
             None => Some(record),
         };
         if let Some(record) = ready {

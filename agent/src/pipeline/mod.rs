@@ -95,6 +95,7 @@ impl Enricher {
             tls: meta.tls.map(str::to_string),
             cost_usd,
             gpu: None,
+            gpu_share: None,
             call,
         }
     }
