@@ -161,6 +161,9 @@ fn pods_workloads_and_teams_from_containerd_crio_and_cgroupfs_cgroups() {
         "curl {pid} has exited"
     );
     let r = client_record(&agent, "the short-lived client's call", pid);
+    // The call ended with the client: cut short, before the server's 7 chunks.
+    assert_eq!(r["error_type"], "incomplete", "{r:#}");
+    assert!(r["output_chunks"].as_u64().is_some_and(|n| n < 7), "{r:#}");
     assert_pod(&r, &vllm, "StatefulSet", "vllm", "serving");
 
     // A pod that appears after the agent started, through the watch.
