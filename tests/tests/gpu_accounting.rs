@@ -372,4 +372,5 @@ fn without_nvml_the_agent_runs_and_says_so_once() {
         .unwrap_or_else(|| panic!("no nvml line:\n{report}"));
     assert!(nvml.starts_with("WARN"), "{report}");
     assert!(report.contains("libnvidia-ml.so.1"), "{report}");
+    assert!(report.contains("tokenscope_gpu_source_up"), "{report}");
 }
