@@ -109,8 +109,9 @@ pub struct Fixtures {
 }
 
 impl Fixtures {
-    /// The recorded lists: 9 pods (8 on `node-a`, one of them CRI-O's), 4
-    /// namespaces, 2 ReplicaSets, 2 Jobs.
+    /// The recorded lists: 9 pods (8 on `node-a`; `ranker-6b8c9d7f45-t7v2q`
+    /// is CRI-O's and names its team in an annotation), 4 namespaces, 2
+    /// ReplicaSets, 2 Jobs.
     pub fn recorded() -> Fixtures {
         let parse = |text: &str| -> Value { serde_json::from_str(text).expect("fixture JSON") };
         let mut lists = BTreeMap::new();

@@ -6,6 +6,7 @@
 //! cgroups.
 
 use std::{
+    io::Read,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -42,10 +43,8 @@ fn client_record(agent: &Agent, what: &str, pid: u32) -> Value {
 }
 
 /// curl, run by `cmd` (already inside a cgroup), posting `body`; its pid.
-/// Unless `may_fail`, curl must succeed.
-fn curl_in(mut cmd: Command, url: &str, body: &str, extra: &[&str], may_fail: bool) -> u32 {
+fn curl_in(mut cmd: Command, url: &str, body: &str) -> u32 {
     cmd.args(["-sS", "-H", "content-type: application/json", "-d", body])
-        .args(extra)
         .arg(url)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -53,7 +52,7 @@ fn curl_in(mut cmd: Command, url: &str, body: &str, extra: &[&str], may_fail: bo
     let pid = child.id();
     let out = child.wait_with_output().expect("curl");
     assert!(
-        may_fail || out.status.success(),
+        out.status.success(),
         "curl {pid}: {}: {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
@@ -122,44 +121,58 @@ fn pods_workloads_and_teams_from_containerd_crio_and_cgroupfs_cgroups() {
     );
 
     // curl in a CRI-O container; the ReplicaSet is not served, so the
-    // Deployment is named from the pod-template-hash.
+    // Deployment is named from the pod-template-hash. The pod's `team`
+    // annotation comes before its namespace's label (research-lab).
     let ranker = api.pod("ranker-6b8c9d7f45-t7v2q");
     let ranker_cg = PodCgroup::for_pod(CgroupDriver::CrioSystemd, &ranker);
-    let pid = curl_in(ranker_cg.command("curl"), &url, CHAT_BODY, &[], false);
+    let pid = curl_in(ranker_cg.command("curl"), &url, CHAT_BODY);
     let r = client_record(&agent, "curl in a CRI-O container", pid);
     assert_eq!(r["process"]["comm"], "curl");
-    assert_pod(&r, &ranker, "Deployment", "ranker", "research-lab");
+    assert_pod(&r, &ranker, "Deployment", "ranker", "search-relevance");
 
     // cgroupfs driver; a CronJob's pod (through its Job) whose own label names the team.
     let embed = api.pod("embed-nightly-29412360-q8z7m");
     let embed_cg = PodCgroup::for_pod(CgroupDriver::Cgroupfs, &embed);
-    let pid = curl_in(embed_cg.command("curl"), &url, CHAT_BODY, &[], false);
+    let pid = curl_in(embed_cg.command("curl"), &url, CHAT_BODY);
     let r = client_record(&agent, "curl in a CronJob's pod", pid);
     assert_pod(&r, &embed, "CronJob", "embed-nightly", "nlp");
 
     // No team label on the pod or on namespace `default`: the namespace name.
     let legacy = api.pod("legacy-worker-7xq2r");
     let legacy_cg = PodCgroup::for_pod(CgroupDriver::ContainerdSystemd, &legacy);
-    let pid = curl_in(legacy_cg.command("curl"), &url, CHAT_BODY, &[], false);
+    let pid = curl_in(legacy_cg.command("curl"), &url, CHAT_BODY);
     let r = client_record(&agent, "curl in a pod with no team", pid);
     assert_pod(&r, &legacy, "ReplicaSet", "legacy-worker", "default");
 
-    // A short-lived client: curl gives up 30 ms into a stream the server takes
-    // ~100 ms to send, so it has exited before the call ends. Its attribution
-    // was taken when it started.
+    // A short-lived client: the test reads curl's first byte of a stream the
+    // server sends in 10 ms steps, then closes the pipe, so curl fails its
+    // next write and exits before the call ends. Its attribution was taken
+    // when it started.
     let vllm = api.pod("vllm-0");
     let vllm_cg = PodCgroup::for_pod(CgroupDriver::CrioSystemd, &vllm);
-    let pid = curl_in(
-        vllm_cg.command("curl"),
-        &url,
-        STREAM_BODY,
-        &["--max-time", "0.03"],
-        true,
-    );
-    assert!(
-        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-        "curl {pid} has exited"
-    );
+    let mut short = vllm_cg.command("curl");
+    short
+        .args([
+            "-sN",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            STREAM_BODY,
+        ])
+        .arg(&url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = short.spawn().expect("start curl");
+    let pid = child.id();
+    {
+        let mut stdout = child.stdout.take().expect("curl's stdout");
+        let mut first = [0u8; 1];
+        stdout
+            .read_exact(&mut first)
+            .expect("the stream's first byte");
+    }
+    let status = child.wait().expect("curl exits");
+    assert!(!status.success(), "curl {pid} stopped early: {status}");
     let r = client_record(&agent, "the short-lived client's call", pid);
     // The call ended with the client: cut short, before the server's 7 chunks.
     assert_eq!(r["error_type"], "incomplete", "{r:#}");
@@ -176,7 +189,7 @@ fn pods_workloads_and_teams_from_containerd_crio_and_cgroupfs_cgroups() {
     // pod is known (each call is a new process, attributed when it starts).
     let deadline = Instant::now() + Duration::from_secs(40);
     let r = loop {
-        let pid = curl_in(new_cg.command("curl"), &url, CHAT_BODY, &[], false);
+        let pid = curl_in(new_cg.command("curl"), &url, CHAT_BODY);
         let seen = Instant::now() + Duration::from_secs(10);
         let record = loop {
             let found = agent
@@ -236,7 +249,7 @@ fn pods_workloads_and_teams_from_containerd_crio_and_cgroupfs_cgroups() {
     for label in [
         "namespace=\"research\"",
         "workload=\"ranker\"",
-        "team=\"research-lab\"",
+        "team=\"search-relevance\"",
         "node=\"node-a\"",
     ] {
         assert!(series.contains(label), "{label} missing: {series}");
@@ -273,13 +286,7 @@ fn off_kubernetes_the_systemd_unit_user_and_configured_team() {
 
     // A service's client, as a non-root user: the unit's team.
     let unit = PodCgroup::at("/system.slice/demo-client.service");
-    let pid = curl_in(
-        unit.command_as("tokenscope-demo", "curl"),
-        &url,
-        CHAT_BODY,
-        &[],
-        false,
-    );
+    let pid = curl_in(unit.command_as("tokenscope-demo", "curl"), &url, CHAT_BODY);
     let r = client_record(&agent, "curl in demo-client.service", pid);
     assert_eq!(r["systemd_unit"], "demo-client.service", "{r:#}");
     assert_eq!(r["process"]["user"], "tokenscope-demo", "{r:#}");
@@ -294,20 +301,14 @@ fn off_kubernetes_the_systemd_unit_user_and_configured_team() {
 
     // Another unit with no team of its own: the user's team.
     let other = PodCgroup::at("/system.slice/batch-report.service");
-    let pid = curl_in(
-        other.command_as("tokenscope-demo", "curl"),
-        &url,
-        CHAT_BODY,
-        &[],
-        false,
-    );
+    let pid = curl_in(other.command_as("tokenscope-demo", "curl"), &url, CHAT_BODY);
     let r = client_record(&agent, "curl in batch-report.service", pid);
     assert_eq!(r["systemd_unit"], "batch-report.service", "{r:#}");
     assert_eq!(r["team"], "nlp", "{r:#}");
 
     // Root in a unit without a rule: unit and user, no team.
     let root_unit = PodCgroup::at("/system.slice/cron.service");
-    let pid = curl_in(root_unit.command("curl"), &url, CHAT_BODY, &[], false);
+    let pid = curl_in(root_unit.command("curl"), &url, CHAT_BODY);
     let r = client_record(&agent, "curl as root in cron.service", pid);
     assert_eq!(r["systemd_unit"], "cron.service", "{r:#}");
     assert_eq!(r["process"]["user"], "root", "{r:#}");
