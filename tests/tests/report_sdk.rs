@@ -244,7 +244,12 @@ fn report_over_real_sdk_calls_matches_the_records_and_the_catalogue() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no single client record for {left:?} after 40 s; capture counters:\n{}",
+            "no single client record for {left:?} after 40 s; the servers' own records \
+             (plain, TLS): {:?}; capture counters:\n{}",
+            [&plain, &tls].map(|server| by_pid(&records, server.guard.0.id(), "server")
+                .iter()
+                .map(|r| r["request_model"].as_str().unwrap_or("?").to_owned())
+                .collect::<Vec<_>>()),
             agent
                 .get("/metrics")
                 .lines()
