@@ -50,11 +50,28 @@ pub fn spawn_sampler(
     let handle = thread::Builder::new()
         .name("gpu-sampler".into())
         .spawn(move || {
+            // Failures are logged when they start and when they end, not per round.
+            let mut failing = false;
             while !stop.load(Ordering::Relaxed) {
                 let result = source.sample();
-                if matches!(result, Err(GpuError::Exhausted)) {
-                    tracing::info!(event = "gpu_replay_done");
-                    return;
+                match &result {
+                    Err(GpuError::Exhausted) => {
+                        tracing::info!(event = "gpu_replay_done");
+                        return;
+                    }
+                    Err(error) if !failing => {
+                        failing = true;
+                        tracing::warn!(
+                            event = "gpu_sampling_failed",
+                            error = %crate::gpu::describe(error),
+                            "GPU sampling failed; the time until it works again is not counted"
+                        );
+                    }
+                    Ok(_) if failing => {
+                        failing = false;
+                        tracing::info!(event = "gpu_sampling_recovered");
+                    }
+                    _ => {}
                 }
                 if tx.try_send(result).is_err() {
                     tracing::debug!(event = "gpu_sample_dropped");
