@@ -97,6 +97,14 @@ impl Kind {
         }
     }
 
+    fn api_version(self) -> &'static str {
+        match self {
+            Kind::Pod | Kind::Namespace => "v1",
+            Kind::ReplicaSet => "apps/v1",
+            Kind::Job => "batch/v1",
+        }
+    }
+
     fn of_path(path: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.path() == path)
     }
@@ -533,7 +541,7 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
     };
     let mut sent_rv = from;
     let bookmark_rv = shared.lock().rv;
-    let bookmark = json!({"type": "BOOKMARK", "object": {"kind": kind.name(), "apiVersion": "v1",
+    let bookmark = json!({"type": "BOOKMARK", "object": {"kind": kind.name(), "apiVersion": kind.api_version(),
         "metadata": {"resourceVersion": bookmark_rv.to_string(),
                      "annotations": {"k8s.io/initial-events-end": "true"}}}});
     if !send(&mut out, &bookmark) {
