@@ -273,7 +273,7 @@ fn start_gpu(
         }
     };
     let interval = Duration::from_millis(config.gpu.interval_ms);
-    let (rx, handle) = spawn_sampler(source, interval, stop)?;
+    let (rx, handle) = spawn_sampler(source, interval, stop, Arc::clone(metrics))?;
     let window = Duration::from_secs(config.gpu.window_s);
     let source_name = match config.gpu.source {
         GpuSourceKind::Replay => "replay",

@@ -40,11 +40,14 @@ pub type Samples = mpsc::Receiver<Result<GpuSample, GpuError>>;
 /// price catalogue knows it.
 pub type GpuPriceLookup = Box<dyn Fn(&str) -> Option<f64> + Send>;
 
-/// Starts sampling `source` every `interval` on a thread; samples arrive on the receiver.
+/// Starts sampling `source` every `interval` on a thread; samples arrive on the
+/// receiver. A sample the stage has no room for is dropped and counted in
+/// `tokenscope_gpu_samples_dropped_total` (its interval then counts as a gap).
 pub fn spawn_sampler(
     mut source: Box<dyn GpuSource + Send>,
     interval: Duration,
     stop: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 ) -> std::io::Result<(Samples, thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::sync_channel(64);
     let handle = thread::Builder::new()
@@ -52,6 +55,8 @@ pub fn spawn_sampler(
         .spawn(move || {
             // Failures are logged when they start and when they end, not per round.
             let mut failing = false;
+            let mut dropped = 0u64;
+            metrics.set_agent_counter("tokenscope_gpu_samples_dropped_total", &[], 0);
             while !stop.load(Ordering::Relaxed) {
                 let result = source.sample();
                 match &result {
@@ -74,7 +79,8 @@ pub fn spawn_sampler(
                     _ => {}
                 }
                 if tx.try_send(result).is_err() {
-                    tracing::debug!(event = "gpu_sample_dropped");
+                    dropped += 1;
+                    metrics.set_agent_counter("tokenscope_gpu_samples_dropped_total", &[], dropped);
                 }
                 thread::sleep(interval);
             }
