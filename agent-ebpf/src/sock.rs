@@ -17,7 +17,8 @@ use tokenscope_common::{
 
 use crate::{
     emit::{admit, begin, direct, iovec, lost_from, starts_with_post},
-    maps::{agent_tgid, count, offsets, CONN_STATE, EVENTS, SSL_ACTIVE, TLS_LINKED},
+    filter::{ports_allowed, process_allowed},
+    maps::{agent_tgid, count, filters, offsets, CONN_STATE, EVENTS, SSL_ACTIVE, TLS_LINKED},
 };
 
 const AF_INET: u16 = 2;
@@ -183,6 +184,26 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
     if let Some(call) = unsafe { SSL_ACTIVE.get(&pid_tgid) } {
         link_tls(call.ssl, sk);
         return;
+    }
+
+    // A new connection meets the include/exclude filters once; one that
+    // fails them is muted, so later calls cost the one lookup above.
+    let flags = filters();
+    if state.is_none() && flags != 0 {
+        let local: u16 = read_kernel(sk + off.sk_num as u64).unwrap_or(0);
+        let remote = u16::from_be(read_kernel::<u16>(sk + off.sk_dport as u64).unwrap_or(0));
+        if !process_allowed(flags) || !ports_allowed(flags, local, remote) {
+            let muted = ConnState {
+                window_used: 0,
+                sent: 0,
+                received: 0,
+                verdict: VERDICT_MUTED,
+                _pad: [0; 7],
+            };
+            let _ = CONN_STATE.insert(&sk, &muted, 0);
+            count(Counter::Filtered, 1);
+            return;
+        }
     }
 
     let call_len = ret as u32;

@@ -103,8 +103,21 @@ pub struct CaptureConfig {
     /// Most bytes captured from one socket or SSL call.
     pub call_cap_bytes: u32,
     pub max_connections: usize,
-    /// Process names whose traffic is never parsed.
+    /// Process names (as in /proc/<pid>/comm) whose traffic is never
+    /// captured; filtered in the kernel.
     pub exclude_comms: Vec<String>,
+    /// When set, only these process names are captured.
+    pub include_comms: Vec<String>,
+    /// TCP ports (local or remote) never captured.
+    pub exclude_ports: Vec<u16>,
+    /// When set, only connections with one of these ports are captured (plain
+    /// sockets; TLS plaintext follows the process filters only).
+    pub include_ports: Vec<u16>,
+    /// cgroup v2 directories (absolute, or relative to the v2 hierarchy)
+    /// whose processes, and their descendants', are never captured.
+    pub exclude_cgroups: Vec<String>,
+    /// When set, only processes in these cgroups (or below) are captured.
+    pub include_cgroups: Vec<String>,
     /// AI endpoint hosts (and their subdomains) beyond the shipped list: TLS
     /// connections to them that no probe decrypts become endpoint records.
     pub endpoint_hosts: Vec<String>,
@@ -119,6 +132,11 @@ impl Default for CaptureConfig {
             call_cap_bytes: 256 * 1024,
             max_connections: 4096,
             exclude_comms: Vec::new(),
+            include_comms: Vec::new(),
+            exclude_ports: Vec::new(),
+            include_ports: Vec::new(),
+            exclude_cgroups: Vec::new(),
+            include_cgroups: Vec::new(),
             endpoint_hosts: Vec::new(),
         }
     }
@@ -422,6 +440,32 @@ impl Config {
         if self.kubernetes.team_label.trim().is_empty() {
             return Err(invalid("kubernetes.team_label", "must not be empty"));
         }
+        let c = &self.capture;
+        for (key, names) in [
+            ("capture.include_comms", &c.include_comms),
+            ("capture.exclude_comms", &c.exclude_comms),
+        ] {
+            if names.iter().any(|n| n.is_empty() || n.len() > 15) {
+                return Err(invalid(
+                    key,
+                    "process names are 1 to 15 bytes (the kernel's comm)",
+                ));
+            }
+        }
+        if c.include_comms.iter().any(|n| c.exclude_comms.contains(n))
+            || c.include_ports.iter().any(|p| c.exclude_ports.contains(p))
+            || c.include_cgroups
+                .iter()
+                .any(|g| c.exclude_cgroups.contains(g))
+        {
+            return Err(invalid(
+                "capture.include_*",
+                "an entry is both included and excluded",
+            ));
+        }
+        if c.include_ports.contains(&0) || c.exclude_ports.contains(&0) {
+            return Err(invalid("capture.*_ports", "port 0 is not a port"));
+        }
         let blank = |m: &std::collections::BTreeMap<String, String>| {
             m.iter()
                 .any(|(k, v)| k.trim().is_empty() || v.trim().is_empty())
@@ -501,6 +545,26 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         o: Overrides,
+    }
+
+    #[test]
+    fn capture_filters_are_checked() {
+        let ok = Config::from_toml(
+            "[capture]\ninclude_comms = [\"python3\"]\nexclude_ports = [22, 5432]\nexclude_cgroups = [\"system.slice/sshd.service\"]\n",
+        )
+        .unwrap();
+        ok.validate().unwrap();
+        assert_eq!(ok.capture.exclude_ports, vec![22, 5432]);
+        for bad in [
+            "[capture]\ninclude_comms = [\"a-name-longer-than-15\"]\n",
+            "[capture]\ninclude_ports = [443]\nexclude_ports = [443]\n",
+            "[capture]\nexclude_ports = [0]\n",
+        ] {
+            let config = Config::from_toml(bad).unwrap();
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains("capture."), "{bad}: {error}");
+        }
+        assert!(Config::from_toml("[capture]\nexclude_ports = [70000]\n").is_err());
     }
 
     #[test]

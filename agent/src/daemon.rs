@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    attribution::ProcessTable,
+    attribution::{k8s::TeamKeys, HostTeams, ProcessTable},
     config::{Config, GpuSourceKind, OtlpProtocol},
     events::{decode, Event},
     export::metrics::{Metrics, GPU_SOURCE_UP},
@@ -100,6 +100,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         call_cap: config.capture.call_cap_bytes,
         capture_sockets: config.capture.sockets,
         capture_tls: config.capture.tls,
+        filters: crate::probes::Filters::from_config(&config.capture)
+            .context("resolving the capture filters")?,
     };
     let mut probes = Probes::load(&settings).context("loading eBPF programs")?;
     let ring = probes.take_events()?;
@@ -113,10 +115,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let client = kube::Client::try_default()
             .await
             .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
-        let cache = crate::attribution::k8s::start(
+        let cache = crate::attribution::k8s::start_with(
             client,
             &node_name,
-            &config.kubernetes.team_label,
+            TeamKeys::from_config(&config.kubernetes),
             shutdown.clone(),
         )
         .await
@@ -165,6 +167,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ..StreamLimits::default()
         };
         let exclude = config.capture.exclude_comms.clone();
+        let host_teams = HostTeams::from(&config.teams);
         let mut streams = StreamTable::new(limits);
         streams.set_endpoint_hosts(config.capture.endpoint_hosts.clone());
         let tls = config.capture.tls;
@@ -178,7 +181,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     exporters,
                     enricher,
                     streams,
-                    procs: ProcessTable::new("/proc", 30_000_000_000, 65_536),
+                    procs: ProcessTable::new("/proc", 30_000_000_000, 65_536)
+                        .with_host_teams(host_teams),
                     exec_tx: tls.then_some(exec_tx),
                     exclude,
                     gpu,

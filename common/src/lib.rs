@@ -27,6 +27,32 @@ pub const GLOBAL_FIRST_WINDOW: &str = "FIRST_WINDOW";
 pub const GLOBAL_CALL_CAP: &str = "CALL_CAP";
 /// Global set before load: struct field offsets read from kernel BTF.
 pub const GLOBAL_OFFSETS: &str = "OFFSETS";
+/// Global set before load: which capture filters are active ([`filter`] flags).
+pub const GLOBAL_FILTERS: &str = "FILTERS";
+/// Process names (`comm`, 16 bytes NUL-padded) → [`filter::INCLUDE`] or [`filter::EXCLUDE`].
+pub const FILTER_COMM_MAP: &str = "FILTER_COMM";
+/// Local or remote TCP port → include or exclude.
+pub const FILTER_PORT_MAP: &str = "FILTER_PORT";
+/// cgroup v2 id (the directory's inode) → include or exclude, for it and its descendants.
+pub const FILTER_CGROUP_MAP: &str = "FILTER_CGROUP";
+
+/// Capture filters pushed into the kernel: a connection or SSL call that
+/// fails them is never copied (counted as `filtered`).
+pub mod filter {
+    pub const INCLUDE: u8 = 1;
+    pub const EXCLUDE: u8 = 2;
+    /// Only listed process names are captured.
+    pub const INCLUDE_COMM: u32 = 1;
+    pub const EXCLUDE_COMM: u32 = 2;
+    /// Only connections with a listed local or remote port are captured.
+    pub const INCLUDE_PORT: u32 = 4;
+    pub const EXCLUDE_PORT: u32 = 8;
+    /// Only processes in a listed cgroup (or below it) are captured.
+    pub const INCLUDE_CGROUP: u32 = 16;
+    pub const EXCLUDE_CGROUP: u32 = 32;
+    /// How many cgroup levels above a process are compared with the lists.
+    pub const CGROUP_DEPTH: i32 = 12;
+}
 
 pub mod names {
     //! Program names, as the `#[...]` attributes in agent-ebpf declare them.
@@ -290,9 +316,11 @@ pub enum Counter {
     SocketCalls = 7,
     /// SSL calls seen.
     SslCalls = 8,
+    /// Connections and SSL calls left out by the include/exclude filters.
+    Filtered = 9,
 }
 
-pub const COUNTER_COUNT: u32 = 9;
+pub const COUNTER_COUNT: u32 = 10;
 pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "ringbuf_full",
     "truncated",
@@ -303,6 +331,7 @@ pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "ssl_no_entry",
     "socket_calls",
     "ssl_calls",
+    "filtered",
 ];
 
 #[cfg(feature = "user")]
