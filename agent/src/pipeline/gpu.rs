@@ -121,6 +121,25 @@ impl Owner {
     }
 }
 
+/// Attributes of a GPU in the hardware semantic conventions: `hw.id` (its
+/// UUID), `hw.name` (`gpu<index>`, a MIG instance under its GPU), `hw.model`,
+/// `hw.vendor`, `hw.type`, and `hw.parent` (a MIG instance's GPU; empty: none).
+fn hw_attributes<'a>(
+    uuid: &'a str,
+    name: &'a str,
+    model: &'a str,
+    parent: &'a str,
+) -> [(&'static str, &'a str); 6] {
+    [
+        ("hw.id", uuid),
+        ("hw.name", name),
+        ("hw.model", model),
+        ("hw.vendor", "NVIDIA"),
+        ("hw.type", "gpu"),
+        ("hw.parent", parent),
+    ]
+}
+
 /// Where a client call's GPU share stands: on the server's own record when the
 /// server runs on this node (loopback, this node's address, or a pod of this
 /// node), unknowable here when it runs elsewhere. Hosted APIs (priced by
@@ -304,7 +323,8 @@ impl GpuStage {
             }
         }
         for (uuid, d) in &delta.devices {
-            let attributes = [("hw.id", uuid.as_str()), ("hw.name", d.name.as_str())];
+            let name = format!("gpu{}", d.index);
+            let attributes = hw_attributes(uuid, &name, &d.name, "");
             m.add_float(&GPU_DEVICE_SECONDS, &attributes, d.wall_seconds);
             m.add_float(&GPU_DEVICE_ENERGY, &attributes, d.energy_joules);
             m.add_float(&GPU_IDLE_SECONDS, &attributes, d.idle_seconds);
@@ -318,15 +338,18 @@ impl GpuStage {
         if let Some(sample) = self.accountant.last_sample() {
             for d in &sample.devices {
                 let parent = d.mig.as_ref().map_or("", |mig| mig.parent_uuid.as_str());
-                let attributes = [
-                    ("hw.id", d.uuid.as_str()),
-                    ("hw.name", d.name.as_str()),
-                    ("hw.parent", parent),
-                ];
+                let name = match &d.mig {
+                    Some(_) => format!("gpu{}/{}", d.index, d.uuid),
+                    None => format!("gpu{}", d.index),
+                };
+                let attributes = hw_attributes(&d.uuid, &name, &d.name, parent);
                 if let Some(util) = d.sm_util_pct.filter(|u| u.is_finite()) {
+                    // SM activity is the `general` task (encoder and decoder are others).
+                    let mut with_task = attributes.to_vec();
+                    with_task.push(("hw.gpu.task", "general"));
                     m.set_float(
                         &HW_GPU_UTILIZATION,
-                        &attributes,
+                        &with_task,
                         (util / 100.0).clamp(0.0, 1.0),
                     );
                 }
