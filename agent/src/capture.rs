@@ -323,6 +323,7 @@ mod tests {
                 remote: "127.0.0.1:443".parse().unwrap(),
             }),
             authority: None,
+            caller: None,
         }
     }
 

@@ -103,7 +103,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         filters: crate::probes::Filters::from_config(&config.capture)
             .context("resolving the capture filters")?,
     };
-    let mut probes = Probes::load(&settings).context("loading eBPF programs")?;
+    let mut probes = Probes::load(&settings).with_context(|| {
+        // Name what is missing, as `tokenscope doctor` would.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        match crate::doctor::caps::missing_summary(&status) {
+            Some(missing) => format!("loading eBPF programs: {missing}"),
+            None => "loading eBPF programs".to_string(),
+        }
+    })?;
     let ring = probes.take_events()?;
     let probes = Arc::new(Mutex::new(probes));
     tracing::info!(event = "probes_attached");

@@ -97,10 +97,6 @@ pub fn missing(effective_caps: u64) -> Vec<Capability> {
 /// One line naming the needed capabilities absent from `/proc/self/status`
 /// text and what each is for, for an error that `tokenscope run` prints when
 /// loading fails; `None` when none is missing or the text does not parse.
-#[cfg_attr(
-    not(test),
-    allow(dead_code, reason = "daemon.rs adds it to the probe-load error")
-)]
 pub fn missing_summary(status: &str) -> Option<String> {
     let creds = parse_status(status).ok()?;
     let absent = missing(creds.effective_caps);

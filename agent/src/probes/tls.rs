@@ -30,14 +30,27 @@ pub use crate::events::tls_library_name as library_name;
 #[derive(Default)]
 pub struct TlsScanner {
     seen: HashSet<(u64, u64)>,
+    warned_denied: bool,
 }
 
 impl TlsScanner {
     /// New targets mapped by `pid`, as paths through `/proc/<pid>/root` so
     /// that files inside containers resolve.
     pub fn scan_pid(&mut self, pid: u32) -> Vec<PathBuf> {
-        let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else {
-            return Vec::new();
+        let maps = match fs::read_to_string(format!("/proc/{pid}/maps")) {
+            Ok(maps) => maps,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::PermissionDenied && !self.warned_denied {
+                    self.warned_denied = true;
+                    tracing::warn!(
+                        event = "tls_scan_denied",
+                        pid,
+                        "cannot read /proc/<pid>/maps of other processes (needs CAP_SYS_PTRACE): \
+                         TLS libraries they map are not probed"
+                    );
+                }
+                return Vec::new();
+            }
         };
         let mut found = Vec::new();
         let mut paths: Vec<&str> = maps
