@@ -11,8 +11,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tokenscope_common::{
-    ConnEvent, ConnState, Counter, EventKind, TlsLinkEvent, Tuple, CONN_CLOSE, DIR_EGRESS,
-    DIR_INGRESS, FLAG_TRUNCATED, FLAG_UNREADABLE, SOURCE_SOCKET, VERDICT_MUTED,
+    ConnEvent, ConnState, Counter, EventKind, SslCall, TlsLinkEvent, Tuple, CONN_CLOSE, DIR_EGRESS,
+    DIR_INGRESS, FLAG_TRUNCATED, FLAG_UNREADABLE, SOURCE_SOCKET, SOURCE_TLS_GO, VERDICT_MUTED,
 };
 
 use crate::{
@@ -26,6 +26,7 @@ const SOCK_STREAM: u16 = 1;
 const TCP_CLOSE: i32 = 7;
 
 // x86_64 `struct pt_regs` offsets of the syscall number and arguments.
+const REG_R14: usize = 8;
 const REG_DX: usize = 96;
 const REG_SI: usize = 104;
 const REG_ORIG_AX: usize = 120;
@@ -143,6 +144,14 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
     let state = CONN_STATE.get_ptr_mut(&sk);
     if let Some(state) = state {
         if unsafe { (*state).verdict } == VERDICT_MUTED {
+            // User space mutes a TLS socket once it has seen the handshake
+            // (not HTTP), often before the first SSL call on it: that call
+            // must still tie the SSL object to this socket.
+            if let Some(call) = unsafe { SSL_ACTIVE.get(&bpf_get_current_pid_tgid()) } {
+                if in_tls_call(call) {
+                    link_tls(call.ssl, sk);
+                }
+            }
             count(Counter::Muted, 1);
             return;
         }
@@ -163,8 +172,10 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
 
     // A socket call inside an SSL call carries ciphertext: link the two, skip the bytes.
     if let Some(call) = unsafe { SSL_ACTIVE.get(&pid_tgid) } {
-        link_tls(call.ssl, sk);
-        return;
+        if in_tls_call(call) {
+            link_tls(call.ssl, sk);
+            return;
+        }
     }
 
     let call_len = ret as u32;
@@ -212,6 +223,19 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
         count(Counter::Truncated, 1);
         lost_from(sent, FLAG_TRUNCATED);
     }
+}
+
+/// Whether this socket call is made by the SSL call saved for the thread.
+/// A Go call holds the thread only while its goroutine runs: when it blocks,
+/// the thread runs other goroutines, so the goroutine (`g`, r14 under the
+/// register ABI, saved at the syscall) must be the one that made the call.
+#[inline(always)]
+fn in_tls_call(call: &SslCall) -> bool {
+    if call.source != SOURCE_TLS_GO {
+        return true;
+    }
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    read_kernel::<u64>(regs + REG_R14 as u64) == Some(call.len_ptr)
 }
 
 #[inline(always)]
