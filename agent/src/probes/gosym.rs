@@ -19,7 +19,7 @@ use super::placement::file_offset;
 pub const WRITE: &str = "crypto/tls.(*Conn).Write";
 pub const READ: &str = "crypto/tls.(*Conn).Read";
 
-/// Largest function decoded for its `RET`s (Read is ~1 KiB in Go 1.19-1.22).
+/// Largest function decoded for its `RET`s (Read is under 1 KiB in Go 1.19).
 const MAX_FUNC_BYTES: u64 = 64 * 1024;
 /// Most bytes of a function name compared in `.gopclntab`.
 const MAX_NAME: usize = 256;
