@@ -24,7 +24,8 @@ use tokenscope_common::{
 
 use crate::{
     emit::{admit, begin, direct, lost_from, starts_with_post},
-    maps::{agent_tgid, count, CONN_STATE, GO_CALLS, SSL_ACTIVE},
+    filter::process_allowed,
+    maps::{agent_tgid, count, filters, CONN_STATE, GO_CALLS, SSL_ACTIVE},
 };
 
 struct GoArgs {
@@ -71,6 +72,11 @@ fn enter(ctx: &ProbeContext, dir: u8) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = pid_tgid >> 32;
     if tgid as u32 == agent_tgid() {
+        return;
+    }
+    let flags = filters();
+    if flags != 0 && !process_allowed(flags) {
+        count(Counter::Filtered, 1);
         return;
     }
     let args = go_args(ctx);

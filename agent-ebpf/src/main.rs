@@ -7,6 +7,8 @@
 #[cfg(target_arch = "bpf")]
 mod emit;
 #[cfg(target_arch = "bpf")]
+mod filter;
+#[cfg(target_arch = "bpf")]
 mod gotls;
 #[cfg(target_arch = "bpf")]
 mod maps;

@@ -12,12 +12,14 @@ use aya_ebpf::{
 };
 use tokenscope_common::{
     ConnEvent, ConnState, Counter, EventKind, SslCall, TlsLinkEvent, Tuple, CONN_CLOSE, DIR_EGRESS,
-    DIR_INGRESS, FLAG_TRUNCATED, FLAG_UNREADABLE, SOURCE_SOCKET, SOURCE_TLS_GO, VERDICT_MUTED,
+    DIR_INGRESS, FLAG_TRUNCATED, FLAG_UNREADABLE, SOURCE_SOCKET, SOURCE_TLS_GO, VERDICT_CIPHER,
+    VERDICT_MUTED,
 };
 
 use crate::{
     emit::{admit, begin, direct, iovec, lost_from, starts_with_post},
-    maps::{agent_tgid, count, offsets, CONN_STATE, EVENTS, SSL_ACTIVE, TLS_LINKED},
+    filter::{ports_allowed, process_allowed},
+    maps::{agent_tgid, count, filters, offsets, CONN_STATE, EVENTS, SSL_ACTIVE, TLS_LINKED},
 };
 
 const AF_INET: u16 = 2;
@@ -60,9 +62,9 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     }
     let sk: u64 = ctx.arg(0);
     // Only connections user space has seen data on are reported.
-    if unsafe { CONN_STATE.get(&sk) }.is_none() {
+    let Some(state) = (unsafe { CONN_STATE.get(&sk) }).copied() else {
         return 0;
-    }
+    };
     let _ = CONN_STATE.remove(&sk);
     if let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) {
         let event = entry.as_mut_ptr();
@@ -74,6 +76,8 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
             (*event).conn_id = sk;
             (*event).ts_ns = bpf_ktime_get_ns();
             read_tuple(sk, &mut (*event).tuple);
+            (*event).sent = state.sent;
+            (*event).received = state.received;
         }
         entry.submit(0);
     } else {
@@ -143,16 +147,26 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
     // Muted connections first: after the verdict they cost this one lookup.
     let state = CONN_STATE.get_ptr_mut(&sk);
     if let Some(state) = state {
-        if unsafe { (*state).verdict } == VERDICT_MUTED {
-            // User space mutes a TLS socket once it has seen the handshake
-            // (not HTTP), often before the first SSL call on it: that call
-            // must still tie the SSL object to this socket.
+        let verdict = unsafe { (*state).verdict };
+        if verdict == VERDICT_MUTED {
+            count(Counter::Muted, 1);
+            return;
+        }
+        if verdict == VERDICT_CIPHER {
+            // TLS ciphertext: count it, and link it to the SSL call it serves.
+            unsafe {
+                if dir == DIR_EGRESS {
+                    (*state).sent += ret as u64;
+                } else {
+                    (*state).received += ret as u64;
+                }
+            }
+            count(Counter::Muted, 1);
             if let Some(call) = unsafe { SSL_ACTIVE.get(&bpf_get_current_pid_tgid()) } {
                 if in_tls_call(call) {
                     link_tls(call.ssl, sk);
                 }
             }
-            count(Counter::Muted, 1);
             return;
         }
     }
@@ -174,6 +188,26 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
     if let Some(call) = unsafe { SSL_ACTIVE.get(&pid_tgid) } {
         if in_tls_call(call) {
             link_tls(call.ssl, sk);
+            return;
+        }
+    }
+
+    // A new connection meets the include/exclude filters once; one that
+    // fails them is muted, so later calls cost the one lookup above.
+    let flags = filters();
+    if state.is_none() && flags != 0 {
+        let local: u16 = read_kernel(sk + off.sk_num as u64).unwrap_or(0);
+        let remote = u16::from_be(read_kernel::<u16>(sk + off.sk_dport as u64).unwrap_or(0));
+        if !process_allowed(flags) || !ports_allowed(flags, local, remote) {
+            let muted = ConnState {
+                window_used: 0,
+                sent: 0,
+                received: 0,
+                verdict: VERDICT_MUTED,
+                _pad: [0; 7],
+            };
+            let _ = CONN_STATE.insert(&sk, &muted, 0);
+            count(Counter::Filtered, 1);
             return;
         }
     }
@@ -249,10 +283,17 @@ fn link_tls(ssl: u64, sk: u64) {
     // The ciphertext socket itself is never captured.
     let state = ConnState {
         window_used: 0,
-        verdict: VERDICT_MUTED,
+        sent: 0,
+        received: 0,
+        verdict: VERDICT_CIPHER,
         _pad: [0; 7],
     };
-    let _ = CONN_STATE.insert(&sk, &state, 0);
+    match CONN_STATE.get_ptr_mut(&sk) {
+        Some(existing) => unsafe { (*existing).verdict = VERDICT_CIPHER },
+        None => {
+            let _ = CONN_STATE.insert(&sk, &state, 0);
+        }
+    }
     if let Some(mut entry) = EVENTS.reserve::<TlsLinkEvent>(0) {
         let event = entry.as_mut_ptr();
         unsafe {

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use tokenscope::{
+    capture::{self, CaptureArgs},
     config::{Config, Overrides},
     doctor::{self, DoctorArgs},
     report::{self, ReportArgs},
@@ -26,15 +27,29 @@ enum Command {
     Report(ReportArgs),
     /// Check whether capture can work on this node, by trying each step.
     Doctor(DoctorArgs),
+    /// Print each reassembled connection's request and response heads (with
+    /// process, addresses and TLS library; credentials redacted), optionally
+    /// dumping the bytes.
+    Capture(CaptureArgs),
 }
 
-fn init_tracing(level: &str) {
+/// Logs to stderr at the configured level, as text or as one JSON object a
+/// line (the default in a container, for the node's log collector).
+fn init_tracing(agent: &tokenscope::config::AgentConfig) {
+    let level = &agent.log_level;
     let filter = tracing_subscriber::EnvFilter::try_new(format!("tokenscope={level},warn"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match agent.log_format {
+        tokenscope::config::LogFormat::Text => builder.init(),
+        tokenscope::config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,7 +57,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(overrides) => {
             let config = Config::load(&overrides)?;
-            init_tracing(&config.agent.log_level);
+            init_tracing(&config.agent);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -65,6 +80,13 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
             Ok(())
+        }
+        Command::Capture(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+                .with_writer(std::io::stderr)
+                .init();
+            capture::run(&args)
         }
     }
 }

@@ -30,6 +30,32 @@ pub const GLOBAL_FIRST_WINDOW: &str = "FIRST_WINDOW";
 pub const GLOBAL_CALL_CAP: &str = "CALL_CAP";
 /// Global set before load: struct field offsets read from kernel BTF.
 pub const GLOBAL_OFFSETS: &str = "OFFSETS";
+/// Global set before load: which capture filters are active ([`filter`] flags).
+pub const GLOBAL_FILTERS: &str = "FILTERS";
+/// Process names (`comm`, 16 bytes NUL-padded) → [`filter::INCLUDE`] or [`filter::EXCLUDE`].
+pub const FILTER_COMM_MAP: &str = "FILTER_COMM";
+/// Local or remote TCP port → include or exclude.
+pub const FILTER_PORT_MAP: &str = "FILTER_PORT";
+/// cgroup v2 id (the directory's inode) → include or exclude, for it and its descendants.
+pub const FILTER_CGROUP_MAP: &str = "FILTER_CGROUP";
+
+/// Capture filters pushed into the kernel: a connection or SSL call that
+/// fails them is never copied (counted as `filtered`).
+pub mod filter {
+    pub const INCLUDE: u8 = 1;
+    pub const EXCLUDE: u8 = 2;
+    /// Only listed process names are captured.
+    pub const INCLUDE_COMM: u32 = 1;
+    pub const EXCLUDE_COMM: u32 = 2;
+    /// Only connections with a listed local or remote port are captured.
+    pub const INCLUDE_PORT: u32 = 4;
+    pub const EXCLUDE_PORT: u32 = 8;
+    /// Only processes in a listed cgroup (or below it) are captured.
+    pub const INCLUDE_CGROUP: u32 = 16;
+    pub const EXCLUDE_CGROUP: u32 = 32;
+    /// How many cgroup levels above a process are compared with the lists.
+    pub const CGROUP_DEPTH: i32 = 12;
+}
 
 pub mod names {
     //! Program names, as the `#[...]` attributes in agent-ebpf declare them.
@@ -201,8 +227,11 @@ pub struct ConnEvent {
     pub conn_id: u64,
     pub ts_ns: u64,
     pub tuple: Tuple,
+    /// Ciphertext sockets: bytes the kernel counted after the verdict.
+    pub sent: u64,
+    pub received: u64,
 }
-pub const CONN_EVENT_SIZE: usize = 64;
+pub const CONN_EVENT_SIZE: usize = 80;
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == CONN_EVENT_SIZE);
 
 /// An SSL object was seen moving bytes over a socket on the same thread.
@@ -226,16 +255,22 @@ pub const VERDICT_UNKNOWN: u8 = 0;
 pub const VERDICT_MUTED: u8 = 1;
 /// LLM traffic: capture everything, up to the per-call cap.
 pub const VERDICT_CAPTURE: u8 = 2;
+/// TLS ciphertext: nothing is copied; the socket is linked to the SSL object
+/// whose calls use it, and the bytes it moves are counted.
+pub const VERDICT_CIPHER: u8 = 3;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConnState {
     /// Bytes captured so far while the verdict was unknown.
     pub window_used: u64,
+    /// Ciphertext sockets: bytes sent and received since the verdict.
+    pub sent: u64,
+    pub received: u64,
     pub verdict: u8,
     pub _pad: [u8; 7],
 }
-const _: () = assert!(core::mem::size_of::<ConnState>() == 16);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 32);
 
 /// An SSL call in flight, saved at entry for the return probe.
 #[repr(C)]
@@ -293,9 +328,11 @@ pub enum Counter {
     SocketCalls = 7,
     /// SSL calls seen.
     SslCalls = 8,
+    /// Connections and SSL calls left out by the include/exclude filters.
+    Filtered = 9,
 }
 
-pub const COUNTER_COUNT: u32 = 9;
+pub const COUNTER_COUNT: u32 = 10;
 pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "ringbuf_full",
     "truncated",
@@ -306,6 +343,7 @@ pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "ssl_no_entry",
     "socket_calls",
     "ssl_calls",
+    "filtered",
 ];
 
 #[cfg(feature = "user")]

@@ -21,6 +21,9 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "python3-venv",
     "prometheus",
+    "podman",
+    "runc",
+    "python3-yaml",
 ];
 
 pub fn is_root() -> bool {

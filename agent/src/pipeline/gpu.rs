@@ -27,7 +27,7 @@ use crate::{
     },
     gpu::{apportion_calls, Accountant, GpuError, GpuSample, GpuSource, ServedCall, WindowTotals},
     pipeline::apply_pod,
-    record::{Attribution, CallRecord, Side},
+    record::{Attribution, CallRecord, GpuShareStatus, Provider, Side},
 };
 
 /// Most calls held for one window; past it they go out without a share (counted).
@@ -40,24 +40,47 @@ pub type Samples = mpsc::Receiver<Result<GpuSample, GpuError>>;
 /// price catalogue knows it.
 pub type GpuPriceLookup = Box<dyn Fn(&str) -> Option<f64> + Send>;
 
-/// Starts sampling `source` every `interval` on a thread; samples arrive on the receiver.
+/// Starts sampling `source` every `interval` on a thread; samples arrive on the
+/// receiver. A sample the stage has no room for is dropped and counted in
+/// `tokenscope_gpu_samples_dropped_total` (its interval then counts as a gap).
 pub fn spawn_sampler(
     mut source: Box<dyn GpuSource + Send>,
     interval: Duration,
     stop: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 ) -> std::io::Result<(Samples, thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::sync_channel(64);
     let handle = thread::Builder::new()
         .name("gpu-sampler".into())
         .spawn(move || {
+            // Failures are logged when they start and when they end, not per round.
+            let mut failing = false;
+            let mut dropped = 0u64;
+            metrics.set_agent_counter("tokenscope_gpu_samples_dropped_total", &[], 0);
             while !stop.load(Ordering::Relaxed) {
                 let result = source.sample();
-                if matches!(result, Err(GpuError::Exhausted)) {
-                    tracing::info!(event = "gpu_replay_done");
-                    return;
+                match &result {
+                    Err(GpuError::Exhausted) => {
+                        tracing::info!(event = "gpu_replay_done");
+                        return;
+                    }
+                    Err(error) if !failing => {
+                        failing = true;
+                        tracing::warn!(
+                            event = "gpu_sampling_failed",
+                            error = %crate::gpu::describe(error),
+                            "GPU sampling failed; the time until it works again is not counted"
+                        );
+                    }
+                    Ok(_) if failing => {
+                        failing = false;
+                        tracing::info!(event = "gpu_sampling_recovered");
+                    }
+                    _ => {}
                 }
                 if tx.try_send(result).is_err() {
-                    tracing::debug!(event = "gpu_sample_dropped");
+                    dropped += 1;
+                    metrics.set_agent_counter("tokenscope_gpu_samples_dropped_total", &[], dropped);
                 }
                 thread::sleep(interval);
             }
@@ -96,6 +119,53 @@ impl Owner {
             ("tokenscope.team", self.team.as_str()),
         ]
     }
+}
+
+/// Attributes of a GPU in the hardware semantic conventions: `hw.id` (its
+/// UUID), `hw.name` (`gpu<index>`, a MIG instance under its GPU), `hw.model`,
+/// `hw.vendor`, `hw.type`, and `hw.parent` (a MIG instance's GPU; empty: none).
+fn hw_attributes<'a>(
+    uuid: &'a str,
+    name: &'a str,
+    model: &'a str,
+    parent: &'a str,
+) -> [(&'static str, &'a str); 6] {
+    [
+        ("hw.id", uuid),
+        ("hw.name", name),
+        ("hw.model", model),
+        ("hw.vendor", "NVIDIA"),
+        ("hw.type", "gpu"),
+        ("hw.parent", parent),
+    ]
+}
+
+/// Where a client call's GPU share stands: on the server's own record when the
+/// server runs on this node (loopback, this node's address, or a pod of this
+/// node), unknowable here when it runs elsewhere. Hosted APIs (priced by
+/// token) have none.
+fn client_share(record: &CallRecord, pods: Option<&PodCache>) -> Option<GpuShareStatus> {
+    if !matches!(
+        record.call.provider,
+        Provider::Ollama | Provider::OpenaiCompatible
+    ) {
+        return None;
+    }
+    let ip = |addr: &Option<String>| {
+        addr.as_deref()
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.ip())
+    };
+    let on_this_node = ip(&record.peer).is_some_and(|peer| {
+        peer.is_loopback()
+            || Some(peer) == ip(&record.local)
+            || pods.is_some_and(|pods| pods.by_ip(&peer.to_string()).is_some())
+    });
+    Some(if on_this_node {
+        GpuShareStatus::OnServerRecord
+    } else {
+        GpuShareStatus::Remote
+    })
 }
 
 /// The owner of a GPU process, through the same attribution path as calls:
@@ -177,13 +247,16 @@ impl GpuStage {
             .unwrap_or(self.usd_per_gpu_hour)
     }
 
-    /// Takes a record; returns those ready to export now.
-    pub fn admit(&mut self, record: CallRecord) -> Option<CallRecord> {
+    /// Takes a record; returns those ready to export now. A served call is
+    /// held for its share; a client call says where its GPU share stands.
+    pub fn admit(&mut self, mut record: CallRecord, pods: Option<&PodCache>) -> Option<CallRecord> {
         if record.side != Side::Server {
+            record.gpu_share = client_share(&record, pods);
             return Some(record);
         }
         if self.held.len() >= MAX_HELD {
             self.released_without_share += 1;
+            record.gpu_share = Some(GpuShareStatus::NotApportioned);
             return Some(record);
         }
         self.held.push(record);
@@ -250,7 +323,8 @@ impl GpuStage {
             }
         }
         for (uuid, d) in &delta.devices {
-            let attributes = [("hw.id", uuid.as_str()), ("hw.name", d.name.as_str())];
+            let name = format!("gpu{}", d.index);
+            let attributes = hw_attributes(uuid, &name, &d.name, "");
             m.add_float(&GPU_DEVICE_SECONDS, &attributes, d.wall_seconds);
             m.add_float(&GPU_DEVICE_ENERGY, &attributes, d.energy_joules);
             m.add_float(&GPU_IDLE_SECONDS, &attributes, d.idle_seconds);
@@ -264,15 +338,18 @@ impl GpuStage {
         if let Some(sample) = self.accountant.last_sample() {
             for d in &sample.devices {
                 let parent = d.mig.as_ref().map_or("", |mig| mig.parent_uuid.as_str());
-                let attributes = [
-                    ("hw.id", d.uuid.as_str()),
-                    ("hw.name", d.name.as_str()),
-                    ("hw.parent", parent),
-                ];
+                let name = match &d.mig {
+                    Some(_) => format!("gpu{}/{}", d.index, d.uuid),
+                    None => format!("gpu{}", d.index),
+                };
+                let attributes = hw_attributes(&d.uuid, &name, &d.name, parent);
                 if let Some(util) = d.sm_util_pct.filter(|u| u.is_finite()) {
+                    // SM activity is the `general` task (encoder and decoder are others).
+                    let mut with_task = attributes.to_vec();
+                    with_task.push(("hw.gpu.task", "general"));
                     m.set_float(
                         &HW_GPU_UTILIZATION,
-                        &attributes,
+                        &with_task,
                         (util / 100.0).clamp(0.0, 1.0),
                     );
                 }
@@ -305,11 +382,22 @@ impl GpuStage {
         held.into_iter()
             .zip(shares)
             .map(|(mut record, share)| {
-                if let Some(share) = share {
-                    // The GPU part adds to any token price the call has.
-                    record.cost_usd = Some(record.cost_usd.unwrap_or(0.0) + share.cost_usd);
-                    record.gpu = Some(share);
-                }
+                let Some(share) = share else {
+                    record.gpu_share = Some(GpuShareStatus::NoGpuUse);
+                    return record;
+                };
+                let by_memory = totals
+                    .pids
+                    .get(&record.attribution.pid)
+                    .is_some_and(|t| t.memory_share_intervals > 0);
+                record.gpu_share = Some(if by_memory {
+                    GpuShareStatus::ApportionedByMemory
+                } else {
+                    GpuShareStatus::Apportioned
+                });
+                // The GPU part adds to any token price the call has.
+                record.cost_usd = Some(record.cost_usd.unwrap_or(0.0) + share.cost_usd);
+                record.gpu = Some(share);
                 record
             })
             .collect()
@@ -337,6 +425,7 @@ mod tests {
             tls: None,
             cost_usd: None,
             gpu: None,
+            gpu_share: None,
         }
     }
 
@@ -365,9 +454,16 @@ mod tests {
             r.side = Side::Client;
             r
         };
-        assert!(stage.admit(client).is_some(), "client calls pass through");
-        assert!(stage.admit(served(1001, 300, 100)).is_none());
-        assert!(stage.admit(served(1001, 100, 0)).is_none());
+        let passed = stage
+            .admit(client, None)
+            .expect("client calls pass through");
+        assert_eq!(
+            passed.gpu_share,
+            Some(GpuShareStatus::Remote),
+            "no peer known"
+        );
+        assert!(stage.admit(served(1001, 300, 100), None).is_none());
+        assert!(stage.admit(served(1001, 100, 0), None).is_none());
         let mut procs = ProcessTable::new("/nonexistent", 0, 10);
         assert!(
             stage.tick(&mut procs, None, false).is_empty(),
@@ -385,6 +481,7 @@ mod tests {
         // $3.6 per GPU-hour is $0.001 per GPU-second.
         assert!((a.cost_usd - a.gpu_seconds * 0.001).abs() < 1e-12);
         assert_eq!(out[0].cost_usd, Some(a.cost_usd));
+        assert_eq!(out[0].gpu_share, Some(GpuShareStatus::Apportioned));
         // The shares add up to the serving process's own total.
         let server = metrics
             .float_points(&GPU_BUSY_SECONDS)
@@ -407,6 +504,45 @@ mod tests {
         assert!(wall > 0.0);
         assert!((sum(&GPU_BUSY_SECONDS) + sum(&GPU_IDLE_SECONDS) - wall).abs() <= 0.01 * wall);
         assert!(!metrics.float_points(&HW_GPU_MEMORY_USAGE).is_empty());
+    }
+
+    #[test]
+    fn client_calls_say_where_their_gpu_share_is() {
+        let call = |peer: &str, local: &str, provider| {
+            let mut r = served(7, 1, 1);
+            r.side = Side::Client;
+            r.call.provider = provider;
+            r.peer = Some(peer.to_owned());
+            r.local = Some(local.to_owned());
+            client_share(&r, None)
+        };
+        let on_node = Some(GpuShareStatus::OnServerRecord);
+        let remote = Some(GpuShareStatus::Remote);
+        assert_eq!(
+            call("127.0.0.1:8000", "127.0.0.1:5000", Provider::Ollama),
+            on_node
+        );
+        assert_eq!(
+            call("[::1]:8000", "[::1]:5000", Provider::OpenaiCompatible),
+            on_node
+        );
+        assert_eq!(
+            call("10.0.0.5:8000", "10.0.0.5:5000", Provider::OpenaiCompatible),
+            on_node
+        );
+        assert_eq!(
+            call("10.0.7.9:8000", "10.0.0.5:5000", Provider::OpenaiCompatible),
+            remote
+        );
+        assert_eq!(
+            call("10.0.7.9:8000", "10.0.0.5:5000", Provider::Ollama),
+            remote
+        );
+        assert_eq!(
+            call("162.159.140.245:443", "10.0.0.5:5000", Provider::Openai),
+            None,
+            "token-priced API"
+        );
     }
 
     #[test]
