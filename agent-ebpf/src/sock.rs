@@ -19,7 +19,9 @@ use tokenscope_common::{
 use crate::{
     emit::{admit, begin, direct, iovec, lost_from, starts_with_post},
     filter::{ports_allowed, process_allowed},
-    maps::{agent_tgid, count, filters, offsets, CONN_STATE, EVENTS, SSL_ACTIVE, TLS_LINKED},
+    maps::{
+        agent_tgid, count, filters, offsets, CONN_STATE, EVENTS, GO_CALLS, SSL_ACTIVE, TLS_LINKED,
+    },
 };
 
 const AF_INET: u16 = 2;
@@ -162,10 +164,17 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
                 }
             }
             count(Counter::Muted, 1);
-            if let Some(call) = unsafe { SSL_ACTIVE.get(&bpf_get_current_pid_tgid()) } {
+            let pid_tgid = bpf_get_current_pid_tgid();
+            if let Some(call) = unsafe { SSL_ACTIVE.get(&pid_tgid) } {
                 if in_tls_call(call) {
                     link_tls(call.ssl, sk);
+                    return;
                 }
+            }
+            // A goroutine that blocked inside Go's (*Conn).Read or Write
+            // resumes on any thread: find its call by (tgid, g) instead.
+            if let Some(call) = unsafe { GO_CALLS.get(&[pid_tgid >> 32, current_goroutine()]) } {
+                link_tls(call.ssl, sk);
             }
             return;
         }
@@ -268,8 +277,14 @@ fn in_tls_call(call: &SslCall) -> bool {
     if call.source != SOURCE_TLS_GO {
         return true;
     }
+    current_goroutine() == call.len_ptr
+}
+
+/// Go's `g` (r14 under the register ABI) as saved at the syscall; 0 if unreadable.
+#[inline(always)]
+fn current_goroutine() -> u64 {
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
-    read_kernel::<u64>(regs + REG_R14 as u64) == Some(call.len_ptr)
+    read_kernel::<u64>(regs + REG_R14 as u64).unwrap_or(0)
 }
 
 #[inline(always)]

@@ -80,7 +80,7 @@ struct Func {
 }
 
 /// Whether the ELF file is a Go binary (cheap: section headers only).
-pub fn is_go(file: &object::File<'_>) -> bool {
+pub fn is_go<'data, R: object::ReadRef<'data>>(file: &object::File<'data, R>) -> bool {
     file.section_by_name(".go.buildinfo").is_some() || file.section_by_name(".gopclntab").is_some()
 }
 

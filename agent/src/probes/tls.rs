@@ -137,11 +137,11 @@ enum Executable {
 
 /// What TLS an executable or library carries, reading the file once.
 fn inspect_executable(path: &Path) -> Option<Executable> {
-    let data = fs::read(path).ok()?;
-    if data.get(..4) != Some(b"\x7fELF") {
-        return None;
-    }
-    let file = object::File::parse(&*data).ok()?;
+    // Only the headers, section table and dynamic symbols are read, not the
+    // whole file: the start-up scan meets every executable on the node,
+    // some of them hundreds of megabytes.
+    let cache = object::ReadCache::new(fs::File::open(path).ok()?);
+    let file = object::File::parse(&cache).ok()?;
     if file
         .dynamic_symbols()
         .any(|s| s.is_definition() && s.name() == Ok("SSL_write"))
@@ -209,6 +209,8 @@ mod tests {
         // `go` itself is built by Go.
         assert!(matches!(inspect_executable(&go), Some(Executable::Go)));
         assert!(inspect_executable(Path::new("/bin/sh")).is_none());
+        assert!(inspect_executable(Path::new("/etc/hostname")).is_none());
+        assert!(inspect_executable(Path::new("/nonexistent")).is_none());
     }
 
     #[test]
