@@ -21,6 +21,10 @@ pub static SSL_ACTIVE: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(1
 #[map]
 pub static TLS_LINKED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
+/// Go `crypto/tls` calls in flight by `[tgid, g]`; see `gotls.rs`.
+#[map]
+pub static GO_CALLS: LruHashMap<[u64; 2], SslCall> = LruHashMap::with_max_entries(16384, 0);
+
 #[map]
 pub static SCRATCH: PerCpuArray<[u8; SCRATCH_SIZE]> = PerCpuArray::with_max_entries(1, 0);
 

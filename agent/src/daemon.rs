@@ -560,11 +560,33 @@ pub(crate) fn tls_attacher(
             }
         }
     };
+    // Go executables carry their own crypto/tls; the scans collect them.
+    let attach_go = |paths: Vec<std::path::PathBuf>| {
+        for path in paths {
+            let Ok(mut p) = probes.lock() else { return };
+            match p.attach_go(&path) {
+                Ok(a) => tracing::info!(
+                    event = "tls_attached",
+                    path = %path.display(),
+                    library = "go",
+                    go_version = a.version.as_deref().unwrap_or("unknown"),
+                    lookup = a.lookup,
+                    probes = a.attached,
+                    planned = a.planned,
+                ),
+                // Go binaries without crypto/tls are common: not a warning.
+                Err(error) => {
+                    tracing::debug!(event = "go_tls_not_attached", path = %path.display(), %error)
+                }
+            }
+        }
+    };
     attach(scanner.scan_host());
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for entry in dir.flatten() {
             if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) {
                 attach(scanner.scan_pid(pid));
+                attach_go(scanner.take_go());
             }
         }
     }
@@ -591,6 +613,7 @@ pub(crate) fn tls_attacher(
             }
             due.pop();
             attach(scanner.scan_pid(pid));
+            attach_go(scanner.take_go());
         }
     }
 }

@@ -17,6 +17,9 @@ pub const SSL_ACTIVE_MAP: &str = "SSL_ACTIVE";
 pub const TLS_LINKED_MAP: &str = "TLS_LINKED";
 /// Per-CPU scratch space used to build data events.
 pub const SCRATCH_MAP: &str = "SCRATCH";
+/// Go `crypto/tls` calls in flight, keyed by `[tgid, g]` (the goroutine, not
+/// the thread: a goroutine blocked in a read resumes on any thread).
+pub const GO_CALLS_MAP: &str = "GO_CALLS";
 
 /// Global set before load: the agent's own tgid, never captured.
 pub const GLOBAL_AGENT_TGID: &str = "AGENT_TGID";
@@ -66,6 +69,13 @@ pub mod names {
     pub const SSL_ENTER: &str = "ssl_enter";
     /// Return of the same function.
     pub const SSL_LEAVE: &str = "ssl_leave";
+    /// Entry of Go's `crypto/tls.(*Conn).Write` (captures the plaintext).
+    pub const GO_TLS_WRITE: &str = "go_tls_write";
+    /// Entry of Go's `crypto/tls.(*Conn).Read` (saves the buffer).
+    pub const GO_TLS_READ: &str = "go_tls_read";
+    /// Each `RET` of Go's `(*Conn).Read` and `(*Conn).Write` (never a
+    /// uretprobe: Go moves goroutine stacks).
+    pub const GO_TLS_RET: &str = "go_tls_ret";
 }
 
 /// The attach cookie of the SSL probes: direction, where the byte count is
@@ -269,6 +279,8 @@ pub struct SslCall {
     pub ssl: u64,
     pub buf: u64,
     /// Where the library writes the byte count; 0 when the call returns it.
+    /// Go (`source == SOURCE_TLS_GO`): in [`SSL_ACTIVE_MAP`] the goroutine
+    /// (`g`) that made the call; in [`GO_CALLS_MAP`] the pid_tgid of the entry.
     pub len_ptr: u64,
     pub dir: u8,
     /// The `SOURCE_TLS_*` library kind.

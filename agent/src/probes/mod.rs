@@ -1,6 +1,7 @@
 //! Loading and attaching the eBPF programs. The only module that touches aya.
 
 mod btf;
+pub mod gosym;
 pub mod placement;
 pub mod tls;
 
@@ -64,6 +65,12 @@ pub enum ProbeError {
         path: std::path::PathBuf,
         #[source]
         source: placement::PlacementError,
+    },
+    #[error("cannot place Go TLS probes in {path}")]
+    GoPlacement {
+        path: std::path::PathBuf,
+        #[source]
+        source: gosym::GoSymError,
     },
     #[error("map {name}")]
     Map {
@@ -166,6 +173,7 @@ pub struct Probes {
     verdicts: HashMap<MapData, u64, ConnState>,
     counters: PerCpuArray<MapData, u64>,
     ssl_loaded: bool,
+    go_loaded: bool,
 }
 
 impl Probes {
@@ -229,6 +237,7 @@ impl Probes {
             verdicts,
             counters,
             ssl_loaded: false,
+            go_loaded: false,
         })
     }
 
@@ -333,6 +342,76 @@ impl Probes {
             library: tls::library_name(kind),
         })
     }
+}
+
+impl Probes {
+    /// Attaches the Go `crypto/tls` probes to one Go executable: the entries
+    /// of `(*Conn).Write` and `(*Conn).Read` and every `RET` of both (see
+    /// [`gosym`]; never uretprobes on Go).
+    pub fn attach_go(&mut self, target: &std::path::Path) -> Result<GoAttach, ProbeError> {
+        if !self.go_loaded {
+            for name in [names::GO_TLS_WRITE, names::GO_TLS_READ, names::GO_TLS_RET] {
+                let prog: &mut UProbe = program(&mut self.ebpf, name)?;
+                prog.load()
+                    .map_err(|source| prog_err(name, "load", source))?;
+            }
+            self.go_loaded = true;
+        }
+        let data = std::fs::read(target).map_err(|source| ProbeError::Read {
+            path: target.to_path_buf(),
+            source,
+        })?;
+        let plan = gosym::plan(&data).map_err(|source| ProbeError::GoPlacement {
+            path: target.to_path_buf(),
+            source,
+        })?;
+        drop(data);
+        let points = [
+            (names::GO_TLS_WRITE, std::slice::from_ref(&plan.write_entry)),
+            (names::GO_TLS_READ, std::slice::from_ref(&plan.read_entry)),
+            (names::GO_TLS_RET, plan.write_rets.as_slice()),
+            (names::GO_TLS_RET, plan.read_rets.as_slice()),
+        ];
+        let mut attached = 0;
+        let mut planned = 0;
+        for (name, offsets) in points {
+            let prog: &mut UProbe = program(&mut self.ebpf, name)?;
+            for &offset in offsets {
+                planned += 1;
+                let point = UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(offset),
+                    cookie: None,
+                };
+                match prog.attach(point, target, UProbeScope::AllProcesses) {
+                    Ok(_) => attached += 1,
+                    Err(source) => tracing::debug!(
+                        target_path = %target.display(),
+                        program = name,
+                        offset,
+                        error = %source,
+                        "uprobe not attached"
+                    ),
+                }
+            }
+        }
+        Ok(GoAttach {
+            attached,
+            planned,
+            version: plan.version,
+            lookup: plan.lookup.as_str(),
+        })
+    }
+}
+
+/// What [`Probes::attach_go`] did to one executable.
+#[derive(Clone, Debug)]
+pub struct GoAttach {
+    pub attached: usize,
+    pub planned: usize,
+    /// The Go release that built it, from its build info.
+    pub version: Option<String>,
+    /// `symtab`, or `gopclntab` for a stripped binary.
+    pub lookup: &'static str,
 }
 
 /// How often each library function (read or write) was probed on the
