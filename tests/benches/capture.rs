@@ -19,6 +19,10 @@
 //! its drop counters: at a few thousand POSTs/s the agent's ring buffer can
 //! fill, which the wall-clock figures alone would not show.
 //!
+//! The same blocks also run the loads of `capture/loads.rs` (in-memory TLS
+//! in Python, a Node TLS loop, nginx under wrk over HTTP and HTTPS), which
+//! time themselves, with the agent's CPU and RSS under each.
+//!
 //! Needs root and kernel BTF (it loads the probes) and the debug agent binary
 //! that `tokenscope_tests::Agent` starts:
 //!
@@ -36,6 +40,9 @@ use std::{
 use criterion::{BenchmarkId, Criterion};
 use serde_json::Value;
 use tokenscope_tests::{ebpf_available, root, Agent, Guard, SERIAL};
+
+#[path = "capture/loads.rs"]
+mod loads;
 
 /// Off/on pairs; each on-block starts the agent afresh.
 const ROUNDS: usize = 2;
@@ -338,7 +345,7 @@ impl Bench {
             group.finish();
             if let Some(before) = before {
                 let deltas = program_deltas(&ours, &before, &bpf_programs());
-                print_program_table(workload, round, *ops.lock().expect("ops"), &deltas);
+                print_program_table(workload.name(), round, *ops.lock().expect("ops"), &deltas);
             }
             if workload == Workload::HttpPost {
                 http_posts = *ops.lock().expect("ops");
@@ -365,14 +372,13 @@ fn agent_programs() -> HashSet<u64> {
 }
 
 fn print_program_table(
-    workload: Workload,
+    workload: &str,
     round: usize,
     ops: u64,
     deltas: &BTreeMap<String, ProgStats>,
 ) {
     println!(
-        "\neBPF programs during {} (agent on, round {round}, {ops} operations incl. warm-up):",
-        workload.name()
+        "\neBPF programs during {workload} (agent on, round {round}, {ops} operations incl. warm-up):"
     );
     println!(
         "{:<24} {:>12} {:>10} {:>10}",
@@ -508,16 +514,20 @@ fn main() {
         llm_port,
         samples: Samples::default(),
     };
+    let mut loads = loads::Loads::start();
     let _stats = StatsGuard::enable();
     for round in 1..=ROUNDS {
         bench.block(&mut c, round, None);
+        loads.block(round, None);
         let started = Instant::now();
         let agent = Agent::start(&[]);
         eprintln!("agent ready in {:.1} s", started.elapsed().as_secs_f64());
         let http_posts = bench.block(&mut c, round, Some(&agent));
         report_agent(&agent, http_posts);
+        loads.block(round, Some(&agent));
         drop(agent);
     }
     print_ratios(&bench.samples);
+    loads.print_ratios();
     c.final_summary();
 }
