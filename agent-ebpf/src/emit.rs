@@ -13,7 +13,7 @@ use aya_ebpf::helpers::{
 };
 use tokenscope_common::{
     ConnState, Counter, DataHeader, EventKind, Tuple, CHUNK, DATA_HEADER_SIZE, MAX_CHUNKS,
-    MAX_IOVECS, VERDICT_CAPTURE, VERDICT_MUTED, VERDICT_UNKNOWN,
+    MAX_IOVECS, VERDICT_CAPTURE, VERDICT_CIPHER, VERDICT_MUTED, VERDICT_UNKNOWN,
 };
 
 use crate::maps::{call_cap, count, first_window, CONN_STATE, EVENTS, SCRATCH};
@@ -237,7 +237,7 @@ pub fn admit(
     let mut limit = call_len;
     match state {
         Some(state) => unsafe {
-            if (*state).verdict == VERDICT_MUTED {
+            if (*state).verdict == VERDICT_MUTED || (*state).verdict == VERDICT_CIPHER {
                 count(Counter::Muted, 1);
                 return None;
             }
@@ -261,6 +261,8 @@ pub fn admit(
                 } else {
                     VERDICT_UNKNOWN
                 },
+                sent: 0,
+                received: 0,
                 _pad: [0; 7],
             };
             let _ = CONN_STATE.insert(&conn_id, &state, 0);

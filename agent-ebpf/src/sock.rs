@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use tokenscope_common::{
     ConnEvent, ConnState, Counter, EventKind, TlsLinkEvent, Tuple, CONN_CLOSE, DIR_EGRESS,
-    DIR_INGRESS, FLAG_TRUNCATED, FLAG_UNREADABLE, SOURCE_SOCKET, VERDICT_MUTED,
+    DIR_INGRESS, FLAG_TRUNCATED, FLAG_UNREADABLE, SOURCE_SOCKET, VERDICT_CIPHER, VERDICT_MUTED,
 };
 
 use crate::{
@@ -59,9 +59,9 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     }
     let sk: u64 = ctx.arg(0);
     // Only connections user space has seen data on are reported.
-    if unsafe { CONN_STATE.get(&sk) }.is_none() {
+    let Some(state) = (unsafe { CONN_STATE.get(&sk) }).copied() else {
         return 0;
-    }
+    };
     let _ = CONN_STATE.remove(&sk);
     if let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) {
         let event = entry.as_mut_ptr();
@@ -73,6 +73,8 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
             (*event).conn_id = sk;
             (*event).ts_ns = bpf_ktime_get_ns();
             read_tuple(sk, &mut (*event).tuple);
+            (*event).sent = state.sent;
+            (*event).received = state.received;
         }
         entry.submit(0);
     } else {
@@ -142,8 +144,24 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
     // Muted connections first: after the verdict they cost this one lookup.
     let state = CONN_STATE.get_ptr_mut(&sk);
     if let Some(state) = state {
-        if unsafe { (*state).verdict } == VERDICT_MUTED {
+        let verdict = unsafe { (*state).verdict };
+        if verdict == VERDICT_MUTED {
             count(Counter::Muted, 1);
+            return;
+        }
+        if verdict == VERDICT_CIPHER {
+            // TLS ciphertext: count it, and link it to the SSL call it serves.
+            unsafe {
+                if dir == DIR_EGRESS {
+                    (*state).sent += ret as u64;
+                } else {
+                    (*state).received += ret as u64;
+                }
+            }
+            count(Counter::Muted, 1);
+            if let Some(call) = unsafe { SSL_ACTIVE.get(&bpf_get_current_pid_tgid()) } {
+                link_tls(call.ssl, sk);
+            }
             return;
         }
     }
@@ -225,10 +243,17 @@ fn link_tls(ssl: u64, sk: u64) {
     // The ciphertext socket itself is never captured.
     let state = ConnState {
         window_used: 0,
-        verdict: VERDICT_MUTED,
+        sent: 0,
+        received: 0,
+        verdict: VERDICT_CIPHER,
         _pad: [0; 7],
     };
-    let _ = CONN_STATE.insert(&sk, &state, 0);
+    match CONN_STATE.get_ptr_mut(&sk) {
+        Some(existing) => unsafe { (*existing).verdict = VERDICT_CIPHER },
+        None => {
+            let _ = CONN_STATE.insert(&sk, &state, 0);
+        }
+    }
     if let Some(mut entry) = EVENTS.reserve::<TlsLinkEvent>(0) {
         let event = entry.as_mut_ptr();
         unsafe {

@@ -70,6 +70,9 @@ pub struct CaptureConfig {
     pub max_connections: usize,
     /// Process names whose traffic is never parsed.
     pub exclude_comms: Vec<String>,
+    /// AI endpoint hosts (and their subdomains) beyond the shipped list: TLS
+    /// connections to them that no probe decrypts become endpoint records.
+    pub endpoint_hosts: Vec<String>,
 }
 
 impl Default for CaptureConfig {
@@ -81,6 +84,7 @@ impl Default for CaptureConfig {
             call_cap_bytes: 256 * 1024,
             max_connections: 4096,
             exclude_comms: Vec::new(),
+            endpoint_hosts: Vec::new(),
         }
     }
 }

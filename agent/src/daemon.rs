@@ -7,7 +7,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::BinaryHeap,
+    collections::{BinaryHeap, HashMap},
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc, Arc, Mutex,
@@ -36,7 +36,7 @@ use crate::{
     },
     pricing::Pricer,
     probes::{tls::TlsScanner, LoadSettings, Probes},
-    streams::{Output, StreamLimits, StreamTable},
+    streams::{EndpointRecord, Output, StreamLimits, StreamTable, Verdict},
 };
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -165,6 +165,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ..StreamLimits::default()
         };
         let exclude = config.capture.exclude_comms.clone();
+        let mut streams = StreamTable::new(limits);
+        streams.set_endpoint_hosts(config.capture.endpoint_hosts.clone());
         let tls = config.capture.tls;
         thread::Builder::new()
             .name("capture".into())
@@ -175,11 +177,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     stop,
                     exporters,
                     enricher,
-                    streams: StreamTable::new(limits),
+                    streams,
                     procs: ProcessTable::new("/proc", 30_000_000_000, 65_536),
                     exec_tx: tls.then_some(exec_tx),
                     exclude,
                     gpu,
+                    endpoint_totals: HashMap::new(),
                 })
             })?
     };
@@ -226,6 +229,8 @@ struct CaptureLoop {
     exec_tx: Option<mpsc::Sender<u32>>,
     exclude: Vec<String>,
     gpu: Option<GpuStage>,
+    /// (server name, team, namespace, workload) → [connections, bytes sent, bytes received].
+    endpoint_totals: HashMap<(String, String, String, String), [u64; 3]>,
 }
 
 /// The GPU source the config names, sampled on its own thread. NVML missing
@@ -367,12 +372,17 @@ fn handle(l: &mut CaptureLoop, event: Event, out: &mut Output) {
         }
         Event::Data(data) => {
             if l.exclude.contains(&data.comm) {
-                out.verdicts.push((data.conn_id, false));
+                out.verdicts.push((data.conn_id, Verdict::Mute));
                 return;
             }
             l.streams.on_data(data, out);
         }
-        Event::Close { conn_id, ts_ns } => l.streams.on_close(conn_id, ts_ns, out),
+        Event::Close {
+            conn_id,
+            ts_ns,
+            sent,
+            received,
+        } => l.streams.on_close(conn_id, ts_ns, sent, received, out),
         Event::TlsLink {
             ssl,
             sock,
@@ -385,13 +395,16 @@ fn handle(l: &mut CaptureLoop, event: Event, out: &mut Output) {
 fn flush_output(l: &mut CaptureLoop, out: &mut Output) {
     if !out.verdicts.is_empty() || !out.forget.is_empty() {
         if let Ok(mut probes) = l.probes.lock() {
-            for (conn_id, capture) in out.verdicts.drain(..) {
-                probes.set_verdict(conn_id, capture);
+            for (conn_id, verdict) in out.verdicts.drain(..) {
+                probes.set_verdict(conn_id, verdict);
             }
             for conn_id in out.forget.drain(..) {
                 probes.forget(conn_id);
             }
         }
+    }
+    for endpoint in out.endpoints.drain(..) {
+        record_endpoint(l, &endpoint);
     }
     for (meta, call) in out.calls.drain(..) {
         let record = l.enricher.enrich(&meta, call, &mut l.procs);
@@ -403,13 +416,47 @@ fn flush_output(l: &mut CaptureLoop, out: &mut Output) {
             status = record.call.status.unwrap_or(0),
         );
         let ready = match l.gpu.as_mut() {
-            Some(gpu) => gpu.admit(record),
+            Some(gpu) => gpu.admit(record, l.enricher.pods.as_ref()),
             None => Some(record),
         };
         if let Some(record) = ready {
             l.exporters.record(&record);
         }
     }
+}
+
+/// A TLS connection to an AI endpoint that was not decrypted: counted per
+/// endpoint and team, and logged.
+fn record_endpoint(l: &mut CaptureLoop, e: &EndpointRecord) {
+    let info = l.procs.lookup(e.pid, &e.comm, e.cgroup_id);
+    let mut who = crate::attribution::attribute(info, e.pid, &e.comm, None);
+    if let Some(pods) = &l.enricher.pods {
+        if let Some(pod) = who.pod_uid.as_deref().and_then(|uid| pods.by_uid(uid)) {
+            crate::pipeline::apply_pod(&mut who, pod);
+        }
+    }
+    let team = who.team.clone().unwrap_or_default();
+    let namespace = who.namespace.clone().unwrap_or_default();
+    let workload = who.workload.clone().unwrap_or_default();
+    tracing::info!(
+        event = "ai_endpoint_connection",
+        pid = e.pid,
+        comm = %e.comm,
+        server_address = %e.server_name,
+        bytes_sent = e.bytes_sent,
+        bytes_received = e.bytes_received,
+        duration_s = e.end_ns.saturating_sub(e.start_ns) as f64 / 1e9,
+        team = %team,
+        "TLS connection to an AI endpoint, not decrypted"
+    );
+    let key = (e.server_name.clone(), team, namespace, workload);
+    if l.endpoint_totals.len() >= 1024 && !l.endpoint_totals.contains_key(&key) {
+        return;
+    }
+    let totals = l.endpoint_totals.entry(key).or_default();
+    totals[0] += 1;
+    totals[1] += e.bytes_sent;
+    totals[2] += e.bytes_received;
 }
 
 fn publish_counters(l: &CaptureLoop, decode_errors: u64) {
@@ -438,6 +485,20 @@ fn publish_counters(l: &CaptureLoop, decode_errors: u64) {
         metrics.set_agent_counter("tokenscope_streams_total", &[("counter", name)], value);
     }
     metrics.set_agent_gauge("tokenscope_open_connections", &[], l.streams.len() as f64);
+    for ((server, team, namespace, workload), totals) in &l.endpoint_totals {
+        let labels = [
+            ("server_address", server.as_str()),
+            ("team", team.as_str()),
+            ("namespace", namespace.as_str()),
+            ("workload", workload.as_str()),
+        ];
+        metrics.set_agent_counter("tokenscope_endpoint_connections_total", &labels, totals[0]);
+        for (direction, value) in [("sent", totals[1]), ("received", totals[2])] {
+            let mut with_dir = labels.to_vec();
+            with_dir.push(("direction", direction));
+            metrics.set_agent_counter("tokenscope_endpoint_bytes_total", &with_dir, value);
+        }
+    }
     for (placement, value) in crate::probes::ssl_placements() {
         metrics.set_agent_counter(
             "tokenscope_tls_probe_placements_total",
@@ -459,7 +520,7 @@ fn publish_counters(l: &CaptureLoop, decode_errors: u64) {
 
 /// Probes every TLS library at start, then what each new process maps, a few
 /// times shortly after its exec (libraries load after exec returns).
-fn tls_attacher(
+pub(crate) fn tls_attacher(
     probes: Arc<Mutex<Probes>>,
     execs: mpsc::Receiver<u32>,
     stop: Arc<AtomicBool>,

@@ -5,6 +5,7 @@
 //! attribution / gpu → pricing → export. `daemon` wires the stages.
 
 pub mod attribution;
+pub mod capture;
 pub mod config;
 pub mod daemon;
 pub mod doctor;

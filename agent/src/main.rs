@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use tokenscope::{
+    capture::{self, CaptureArgs},
     config::{Config, Overrides},
     doctor::{self, DoctorArgs},
     report::{self, ReportArgs},
@@ -26,6 +27,10 @@ enum Command {
     Report(ReportArgs),
     /// Check whether capture can work on this node, by trying each step.
     Doctor(DoctorArgs),
+    /// Print each reassembled connection's request and response heads (with
+    /// process, addresses and TLS library; credentials redacted), optionally
+    /// dumping the bytes.
+    Capture(CaptureArgs),
 }
 
 fn init_tracing(level: &str) {
@@ -65,6 +70,13 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
             Ok(())
+        }
+        Command::Capture(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+                .with_writer(std::io::stderr)
+                .init();
+            capture::run(&args)
         }
     }
 }

@@ -166,6 +166,26 @@ pub struct GpuShare {
     pub cost_usd: f64,
 }
 
+/// Where a call's GPU share stands; `gpu_share` in the exported record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuShareStatus {
+    /// Served on this node: its server process's GPU time in the window, split by tokens.
+    Apportioned,
+    /// As `apportioned`, from a server on a MIG instance whose time was split
+    /// by memory held (no per-process utilisation there).
+    ApportionedByMemory,
+    /// Served on this node by a process that used no GPU in the window.
+    NoGpuUse,
+    /// Served on this node but released without a share (too many calls held).
+    NotApportioned,
+    /// Made to a server on this node: the GPU share is on the server's own record.
+    OnServerRecord,
+    /// Made to a self-hosted server on another node: its GPU share cannot be
+    /// known on this node.
+    Remote,
+}
+
 /// A call as the exporters see it. It is written and read in the exported
 /// layout of [`wire::Event`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -189,6 +209,10 @@ pub struct CallRecord {
     /// Token cost in USD; `None` when the model has no price (never 0 for unknown).
     pub cost_usd: Option<f64>,
     pub gpu: Option<GpuShare>,
+    /// Where the GPU share stands; `None` when GPU accounting is off or the
+    /// call went to a hosted API priced by token.
+    #[serde(default)]
+    pub gpu_share: Option<GpuShareStatus>,
 }
 
 #[cfg(test)]

@@ -555,3 +555,96 @@ async fn grpc_export_survives_a_collector_outage() {
 async fn http_protobuf_export_survives_a_collector_outage() {
     scenario(Transport::Http).await;
 }
+
+/// The first data point of a metric matching `filter`, with its kind.
+fn float_point(
+    request: &ExportMetricsServiceRequest,
+    name: &str,
+    filter: &dyn Fn(&[KeyValue]) -> bool,
+) -> Option<(&'static str, bool, f64)> {
+    let found = metric(request, name)?;
+    let (kind, monotonic, points) = match &found.data {
+        Some(metric::Data::Sum(sum)) => {
+            assert_eq!(
+                sum.aggregation_temporality, CUMULATIVE,
+                "{name} temporality"
+            );
+            ("sum", sum.is_monotonic, &sum.data_points)
+        }
+        Some(metric::Data::Gauge(gauge)) => ("gauge", false, &gauge.data_points),
+        other => panic!("{name} is neither Sum nor Gauge: {other:?}"),
+    };
+    points
+        .iter()
+        .find(|p| filter(&p.attributes))
+        .map(|p| match p.value {
+            Some(number_data_point::Value::AsDouble(v)) => (kind, monotonic, v),
+            Some(number_data_point::Value::AsInt(v)) => (kind, monotonic, v as f64),
+            None => (kind, monotonic, f64::NAN),
+        })
+}
+
+/// GPU use per pod (float counters of the shared registry) arrives as cumulative
+/// monotonic Sums under pod and team attributes, `hw.gpu.*` as a Gauge and a
+/// non-monotonic Sum per device, and each push carries the registry's current totals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_float_counters_arrive_as_monotonic_sums() {
+    use tokenscope::export::metrics::{
+        Metrics, GPU_BUSY_SECONDS, GPU_ENERGY, HW_GPU_MEMORY_USAGE, HW_GPU_UTILIZATION,
+    };
+    let receiver = Receiver::start(Transport::Grpc).await;
+    let mut options = OtlpOptions::new(format!("http://{}", receiver.address), OtlpProtocol::Grpc);
+    options.metrics_interval = Duration::from_millis(200);
+    options.timeout = Duration::from_secs(1);
+    let exporter = Arc::new(OtlpExporter::start(&options).expect("start exporter"));
+    let metrics = Arc::new(Metrics::default());
+    exporter.observe(&metrics);
+    let pod = [("k8s.pod.name", "vllm-0"), ("tokenscope.team", "serving")];
+    let device = [("hw.id", "GPU-1"), ("hw.name", "NVIDIA L4")];
+    metrics.add_float(&GPU_BUSY_SECONDS, &pod, 1.5);
+    metrics.add_float(&GPU_BUSY_SECONDS, &pod, 0.25);
+    metrics.add_float(&GPU_ENERGY, &pod, 300.0);
+    metrics.set_float(&HW_GPU_UTILIZATION, &device, 0.4);
+    metrics.set_float(&HW_GPU_MEMORY_USAGE, &device, 1024.0);
+    flush(&exporter).await;
+    let vllm = |a: &[KeyValue]| {
+        attr_text(a, "k8s.pod.name").as_deref() == Some("vllm-0")
+            && attr_text(a, "tokenscope.team").as_deref() == Some("serving")
+    };
+    let gpu1 = |a: &[KeyValue]| attr_text(a, "hw.id").as_deref() == Some("GPU-1");
+    let latest = || {
+        lock(&receiver.received)
+            .metrics
+            .last()
+            .cloned()
+            .expect("a metrics push")
+    };
+    let request = latest();
+    assert_eq!(
+        float_point(&request, "tokenscope.gpu.busy_seconds", &vllm),
+        Some(("sum", true, 1.75))
+    );
+    assert_eq!(
+        float_point(&request, "tokenscope.gpu.energy", &vllm),
+        Some(("sum", true, 300.0))
+    );
+    assert_eq!(
+        float_point(&request, "hw.gpu.utilization", &gpu1),
+        Some(("gauge", false, 0.4))
+    );
+    assert_eq!(
+        float_point(&request, "hw.gpu.memory.usage", &gpu1),
+        Some(("sum", false, 1024.0))
+    );
+    let unit = metric(&request, "tokenscope.gpu.energy").map(|m| m.unit.clone());
+    assert_eq!(unit.as_deref(), Some("J"));
+    // Later pushes carry the new cumulative total.
+    metrics.add_float(&GPU_BUSY_SECONDS, &pod, 1.0);
+    flush(&exporter).await;
+    assert_eq!(
+        float_point(&latest(), "tokenscope.gpu.busy_seconds", &vllm),
+        Some(("sum", true, 2.75))
+    );
+    let stop = Arc::clone(&exporter);
+    let _ = tokio::task::spawn_blocking(move || stop.shutdown()).await;
+}

@@ -191,8 +191,11 @@ pub struct ConnEvent {
     pub conn_id: u64,
     pub ts_ns: u64,
     pub tuple: Tuple,
+    /// Ciphertext sockets: bytes the kernel counted after the verdict.
+    pub sent: u64,
+    pub received: u64,
 }
-pub const CONN_EVENT_SIZE: usize = 64;
+pub const CONN_EVENT_SIZE: usize = 80;
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == CONN_EVENT_SIZE);
 
 /// An SSL object was seen moving bytes over a socket on the same thread.
@@ -216,16 +219,22 @@ pub const VERDICT_UNKNOWN: u8 = 0;
 pub const VERDICT_MUTED: u8 = 1;
 /// LLM traffic: capture everything, up to the per-call cap.
 pub const VERDICT_CAPTURE: u8 = 2;
+/// TLS ciphertext: nothing is copied; the socket is linked to the SSL object
+/// whose calls use it, and the bytes it moves are counted.
+pub const VERDICT_CIPHER: u8 = 3;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConnState {
     /// Bytes captured so far while the verdict was unknown.
     pub window_used: u64,
+    /// Ciphertext sockets: bytes sent and received since the verdict.
+    pub sent: u64,
+    pub received: u64,
     pub verdict: u8,
     pub _pad: [u8; 7],
 }
-const _: () = assert!(core::mem::size_of::<ConnState>() == 16);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 32);
 
 /// An SSL call in flight, saved at entry for the return probe.
 #[repr(C)]

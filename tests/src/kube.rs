@@ -97,6 +97,14 @@ impl Kind {
         }
     }
 
+    fn api_version(self) -> &'static str {
+        match self {
+            Kind::Pod | Kind::Namespace => "v1",
+            Kind::ReplicaSet => "apps/v1",
+            Kind::Job => "batch/v1",
+        }
+    }
+
     fn of_path(path: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.path() == path)
     }
@@ -109,8 +117,9 @@ pub struct Fixtures {
 }
 
 impl Fixtures {
-    /// The recorded lists: 9 pods (8 on `node-a`, one of them CRI-O's), 4
-    /// namespaces, 2 ReplicaSets, 2 Jobs.
+    /// The recorded lists: 9 pods (8 on `node-a`; `ranker-6b8c9d7f45-t7v2q`
+    /// is CRI-O's and names its team in an annotation), 4 namespaces, 2
+    /// ReplicaSets, 2 Jobs.
     pub fn recorded() -> Fixtures {
         let parse = |text: &str| -> Value { serde_json::from_str(text).expect("fixture JSON") };
         let mut lists = BTreeMap::new();
@@ -532,7 +541,7 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
     };
     let mut sent_rv = from;
     let bookmark_rv = shared.lock().rv;
-    let bookmark = json!({"type": "BOOKMARK", "object": {"kind": kind.name(), "apiVersion": "v1",
+    let bookmark = json!({"type": "BOOKMARK", "object": {"kind": kind.name(), "apiVersion": kind.api_version(),
         "metadata": {"resourceVersion": bookmark_rv.to_string(),
                      "annotations": {"k8s.io/initial-events-end": "true"}}}});
     if !send(&mut out, &bookmark) {

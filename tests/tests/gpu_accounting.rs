@@ -339,6 +339,10 @@ fn missing_samples_and_nvml_errors_midway_are_not_integrated() {
         "{text}"
     );
     assert_eq!(metric(&text, "tokenscope_gpu_gaps_total", &[]), 1.0);
+    // The failure is logged once when it starts, and its end once.
+    let log = agent.log_text();
+    assert_eq!(log.matches("gpu_sampling_failed").count(), 1, "{log}");
+    assert_eq!(log.matches("gpu_sampling_recovered").count(), 1, "{log}");
 }
 
 #[test]
@@ -372,4 +376,5 @@ fn without_nvml_the_agent_runs_and_says_so_once() {
         .unwrap_or_else(|| panic!("no nvml line:\n{report}"));
     assert!(nvml.starts_with("WARN"), "{report}");
     assert!(report.contains("libnvidia-ml.so.1"), "{report}");
+    assert!(report.contains("tokenscope_gpu_source_up"), "{report}");
 }

@@ -90,6 +90,11 @@ fn self_hosted_calls_get_a_gpu_share_and_the_report_prices_them() {
     for pid in &pids {
         let client = by_pid(&records, *pid, "client");
         assert_eq!(client.len(), 1);
+        assert_eq!(
+            client[0]["gpu_share"], "on_server_record",
+            "{:#}",
+            client[0]
+        );
         assert!(
             client[0]["gpu_seconds"].is_null(),
             "remote-style calls carry no GPU share"

@@ -212,7 +212,18 @@ fn served_gpu_time_is_charged_to_the_calling_teams_by_tokens() {
                 "cost_usd carries the GPU part: {r:#}"
             );
             assert_eq!(r["k8s"]["pod"], "vllm-0");
+            assert_eq!(r["gpu_share"], "apportioned");
         }
+    }
+    // The clients' own records point at the server's: its node is this one.
+    let calls_from_pods = records
+        .iter()
+        .filter(|r| r["side"] == "client" && r["server_port"] == port)
+        .collect::<Vec<_>>();
+    assert!(calls_from_pods.len() >= 4, "{calls_from_pods:#?}");
+    for r in &calls_from_pods {
+        assert_eq!(r["gpu_share"], "on_server_record", "{r:#}");
+        assert!(r["gpu_seconds"].is_null());
     }
     // Shares add up to the server's own busy time (nothing lost, nothing made up).
     let all: f64 = served

@@ -126,6 +126,16 @@ struct Expected {
     output: u64,
     cached: u64,
     cost_usd: Option<f64>,
+    durations: Vec<f64>,
+    ttfts: Vec<f64>,
+}
+
+/// Nearest-rank percentile.
+fn percentile(values: &[f64], p: f64) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
+    sorted.get(rank - 1).copied()
 }
 
 fn n(v: &Value) -> u64 {
@@ -157,6 +167,9 @@ fn expected(records: &[Value]) -> BTreeMap<(String, String, String), Expected> {
         e.input += input;
         e.output += output;
         e.cached += read;
+        e.durations
+            .push(r["duration_s"].as_f64().expect("duration_s"));
+        e.ttfts.extend(r["ttft_s"].as_f64());
         if let Some([p_in, p_out, p_read, p_write]) = record_price(r) {
             let uncached = input - read - write;
             let usd = (uncached as f64 * p_in
@@ -202,9 +215,50 @@ fn report_over_real_sdk_calls_matches_the_records_and_the_catalogue() {
         sdk_call("anthropic", &p, "claude-sonnet-4-5", "plain"),
         sdk_call("anthropic", &t, "claude-haiku-4-5", "plain"),
     ];
-    let all = agent.wait_records("one client record per SDK process", |r| {
-        pids.iter().all(|pid| by_pid(r, *pid, "client").len() == 1)
-    });
+    let calls = [
+        "openai TLS gpt-4o-mini plain",
+        "openai TLS gpt-4o-mini stream",
+        "openai gpt-4o-mini stream",
+        "openai gpt-4o plain",
+        "openai rate-limited (429)",
+        "anthropic TLS claude-sonnet-4-5 stream",
+        "anthropic claude-sonnet-4-5 plain",
+        "anthropic TLS claude-haiku-4-5 plain",
+    ];
+    let missing = |r: &[Value]| -> Vec<String> {
+        pids.iter()
+            .zip(calls)
+            .filter(|(pid, _)| by_pid(r, **pid, "client").len() != 1)
+            .map(|(pid, what)| {
+                let seen = by_pid(r, *pid, "client").len();
+                format!("{what} (pid {pid}, {seen} client records)")
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    let all = loop {
+        let records = agent.records();
+        let left = missing(&records);
+        if left.is_empty() {
+            break records;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no single client record for {left:?} after 40 s; the servers' own records \
+             (plain, TLS): {:?}; capture counters:\n{}",
+            [&plain, &tls].map(|server| by_pid(&records, server.guard.0.id(), "server")
+                .iter()
+                .map(|r| r["request_model"].as_str().unwrap_or("?").to_owned())
+                .collect::<Vec<_>>()),
+            agent
+                .get("/metrics")
+                .lines()
+                .filter(|l| !l.starts_with('#') && l.contains("capture"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     // The probes are node-wide: keep this test's calls only, in file order.
     let mine: Vec<Value> = all
         .iter()
@@ -268,6 +322,7 @@ fn report_over_real_sdk_calls_matches_the_records_and_the_catalogue() {
             output: n(&g["output_tokens"]),
             cached: n(&g["cached_tokens"]),
             cost_usd: g["cost_usd"].as_f64(),
+            ..Expected::default()
         };
         assert_eq!(
             (
@@ -292,7 +347,21 @@ fn report_over_real_sdk_calls_matches_the_records_and_the_catalogue() {
             (Some(g), Some(w)) => close(g, w, 1e-9, &format!("{key:?} cost")),
             (g, w) => assert_eq!(g, w, "{key:?} cost"),
         }
-        assert!(g["latency_p95_s"].as_f64().is_some(), "{g:#}");
+        assert_eq!(
+            g["latency_p50_s"].as_f64(),
+            percentile(&e.durations, 0.5),
+            "{g:#}"
+        );
+        assert_eq!(
+            g["latency_p95_s"].as_f64(),
+            percentile(&e.durations, 0.95),
+            "{g:#}"
+        );
+        assert_eq!(
+            g["ttft_p95_s"].as_f64(),
+            percentile(&e.ttfts, 0.95),
+            "{g:#}"
+        );
     }
     assert_eq!(n(&json["total"]["rate_limited"]), 1);
     assert_eq!(n(&json["total"]["unpriced_calls"]), 1);

@@ -129,7 +129,8 @@ pub fn kprobes() -> Check {
 
 pub fn nvml() -> Check {
     const NAME: &str = "nvml";
-    const NOT_NEEDED: &str = "GPU accounting is off; capture does not need it";
+    const NOT_NEEDED: &str = "with --gpu nvml the agent runs without GPU accounting and \
+         exports tokenscope_gpu_source_up{reason=\"nvml_unavailable\"} 0; capture does not need NVML";
     let mut source = match NvmlSource::new() {
         Ok(source) => source,
         Err(e) => return Check::warn(NAME, format!("{}\n{NOT_NEEDED}", error_chain(&e))),

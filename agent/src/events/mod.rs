@@ -113,6 +113,9 @@ pub enum Event {
     Close {
         conn_id: u64,
         ts_ns: u64,
+        /// Ciphertext sockets: bytes the kernel counted after the verdict.
+        sent: u64,
+        received: u64,
     },
     TlsLink {
         pid: u32,
@@ -204,6 +207,8 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
             Event::Close {
                 conn_id: e.conn_id,
                 ts_ns: e.ts_ns,
+                sent: e.sent,
+                received: e.received,
             }
         }
         EventKind::TlsLink => {

@@ -27,7 +27,7 @@ use crate::{
     },
     gpu::{apportion_calls, Accountant, GpuError, GpuSample, GpuSource, ServedCall, WindowTotals},
     pipeline::apply_pod,
-    record::{Attribution, CallRecord, Side},
+    record::{Attribution, CallRecord, GpuShareStatus, Provider, Side},
 };
 
 /// Most calls held for one window; past it they go out without a share (counted).
@@ -50,11 +50,28 @@ pub fn spawn_sampler(
     let handle = thread::Builder::new()
         .name("gpu-sampler".into())
         .spawn(move || {
+            // Failures are logged when they start and when they end, not per round.
+            let mut failing = false;
             while !stop.load(Ordering::Relaxed) {
                 let result = source.sample();
-                if matches!(result, Err(GpuError::Exhausted)) {
-                    tracing::info!(event = "gpu_replay_done");
-                    return;
+                match &result {
+                    Err(GpuError::Exhausted) => {
+                        tracing::info!(event = "gpu_replay_done");
+                        return;
+                    }
+                    Err(error) if !failing => {
+                        failing = true;
+                        tracing::warn!(
+                            event = "gpu_sampling_failed",
+                            error = %crate::gpu::describe(error),
+                            "GPU sampling failed; the time until it works again is not counted"
+                        );
+                    }
+                    Ok(_) if failing => {
+                        failing = false;
+                        tracing::info!(event = "gpu_sampling_recovered");
+                    }
+                    _ => {}
                 }
                 if tx.try_send(result).is_err() {
                     tracing::debug!(event = "gpu_sample_dropped");
@@ -96,6 +113,34 @@ impl Owner {
             ("tokenscope.team", self.team.as_str()),
         ]
     }
+}
+
+/// Where a client call's GPU share stands: on the server's own record when the
+/// server runs on this node (loopback, this node's address, or a pod of this
+/// node), unknowable here when it runs elsewhere. Hosted APIs (priced by
+/// token) have none.
+fn client_share(record: &CallRecord, pods: Option<&PodCache>) -> Option<GpuShareStatus> {
+    if !matches!(
+        record.call.provider,
+        Provider::Ollama | Provider::OpenaiCompatible
+    ) {
+        return None;
+    }
+    let ip = |addr: &Option<String>| {
+        addr.as_deref()
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.ip())
+    };
+    let on_this_node = ip(&record.peer).is_some_and(|peer| {
+        peer.is_loopback()
+            || Some(peer) == ip(&record.local)
+            || pods.is_some_and(|pods| pods.by_ip(&peer.to_string()).is_some())
+    });
+    Some(if on_this_node {
+        GpuShareStatus::OnServerRecord
+    } else {
+        GpuShareStatus::Remote
+    })
 }
 
 /// The owner of a GPU process, through the same attribution path as calls:
@@ -177,13 +222,16 @@ impl GpuStage {
             .unwrap_or(self.usd_per_gpu_hour)
     }
 
-    /// Takes a record; returns those ready to export now.
-    pub fn admit(&mut self, record: CallRecord) -> Option<CallRecord> {
+    /// Takes a record; returns those ready to export now. A served call is
+    /// held for its share; a client call says where its GPU share stands.
+    pub fn admit(&mut self, mut record: CallRecord, pods: Option<&PodCache>) -> Option<CallRecord> {
         if record.side != Side::Server {
+            record.gpu_share = client_share(&record, pods);
             return Some(record);
         }
         if self.held.len() >= MAX_HELD {
             self.released_without_share += 1;
+            record.gpu_share = Some(GpuShareStatus::NotApportioned);
             return Some(record);
         }
         self.held.push(record);
@@ -305,11 +353,22 @@ impl GpuStage {
         held.into_iter()
             .zip(shares)
             .map(|(mut record, share)| {
-                if let Some(share) = share {
-                    // The GPU part adds to any token price the call has.
-                    record.cost_usd = Some(record.cost_usd.unwrap_or(0.0) + share.cost_usd);
-                    record.gpu = Some(share);
-                }
+                let Some(share) = share else {
+                    record.gpu_share = Some(GpuShareStatus::NoGpuUse);
+                    return record;
+                };
+                let by_memory = totals
+                    .pids
+                    .get(&record.attribution.pid)
+                    .is_some_and(|t| t.memory_share_intervals > 0);
+                record.gpu_share = Some(if by_memory {
+                    GpuShareStatus::ApportionedByMemory
+                } else {
+                    GpuShareStatus::Apportioned
+                });
+                // The GPU part adds to any token price the call has.
+                record.cost_usd = Some(record.cost_usd.unwrap_or(0.0) + share.cost_usd);
+                record.gpu = Some(share);
                 record
             })
             .collect()
@@ -337,6 +396,7 @@ mod tests {
             tls: None,
             cost_usd: None,
             gpu: None,
+            gpu_share: None,
         }
     }
 
@@ -365,9 +425,16 @@ mod tests {
             r.side = Side::Client;
             r
         };
-        assert!(stage.admit(client).is_some(), "client calls pass through");
-        assert!(stage.admit(served(1001, 300, 100)).is_none());
-        assert!(stage.admit(served(1001, 100, 0)).is_none());
+        let passed = stage
+            .admit(client, None)
+            .expect("client calls pass through");
+        assert_eq!(
+            passed.gpu_share,
+            Some(GpuShareStatus::Remote),
+            "no peer known"
+        );
+        assert!(stage.admit(served(1001, 300, 100), None).is_none());
+        assert!(stage.admit(served(1001, 100, 0), None).is_none());
         let mut procs = ProcessTable::new("/nonexistent", 0, 10);
         assert!(
             stage.tick(&mut procs, None, false).is_empty(),
@@ -385,6 +452,7 @@ mod tests {
         // $3.6 per GPU-hour is $0.001 per GPU-second.
         assert!((a.cost_usd - a.gpu_seconds * 0.001).abs() < 1e-12);
         assert_eq!(out[0].cost_usd, Some(a.cost_usd));
+        assert_eq!(out[0].gpu_share, Some(GpuShareStatus::Apportioned));
         // The shares add up to the serving process's own total.
         let server = metrics
             .float_points(&GPU_BUSY_SECONDS)
@@ -407,6 +475,45 @@ mod tests {
         assert!(wall > 0.0);
         assert!((sum(&GPU_BUSY_SECONDS) + sum(&GPU_IDLE_SECONDS) - wall).abs() <= 0.01 * wall);
         assert!(!metrics.float_points(&HW_GPU_MEMORY_USAGE).is_empty());
+    }
+
+    #[test]
+    fn client_calls_say_where_their_gpu_share_is() {
+        let call = |peer: &str, local: &str, provider| {
+            let mut r = served(7, 1, 1);
+            r.side = Side::Client;
+            r.call.provider = provider;
+            r.peer = Some(peer.to_owned());
+            r.local = Some(local.to_owned());
+            client_share(&r, None)
+        };
+        let on_node = Some(GpuShareStatus::OnServerRecord);
+        let remote = Some(GpuShareStatus::Remote);
+        assert_eq!(
+            call("127.0.0.1:8000", "127.0.0.1:5000", Provider::Ollama),
+            on_node
+        );
+        assert_eq!(
+            call("[::1]:8000", "[::1]:5000", Provider::OpenaiCompatible),
+            on_node
+        );
+        assert_eq!(
+            call("10.0.0.5:8000", "10.0.0.5:5000", Provider::OpenaiCompatible),
+            on_node
+        );
+        assert_eq!(
+            call("10.0.7.9:8000", "10.0.0.5:5000", Provider::OpenaiCompatible),
+            remote
+        );
+        assert_eq!(
+            call("10.0.7.9:8000", "10.0.0.5:5000", Provider::Ollama),
+            remote
+        );
+        assert_eq!(
+            call("162.159.140.245:443", "10.0.0.5:5000", Provider::Openai),
+            None,
+            "token-priced API"
+        );
     }
 
     #[test]

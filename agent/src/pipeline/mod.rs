@@ -95,6 +95,7 @@ impl Enricher {
             tls: meta.tls.map(str::to_string),
             cost_usd,
             gpu: None,
+            gpu_share: None,
             call,
         }
     }
@@ -175,6 +176,53 @@ mod tests {
             &mut procs,
         );
         assert_eq!(r.attribution.team, None);
+    }
+
+    #[test]
+    fn a_process_in_no_pod_gets_its_user_and_host_team_with_or_without_kubernetes() {
+        let dir = std::env::temp_dir().join(format!("tokenscope-enrich-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let passwd = dir.join("passwd");
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let uid: u32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().next())
+            .and_then(|u| u.parse().ok())
+            .unwrap();
+        std::fs::write(&passwd, format!("builder:x:{uid}:{uid}::/:/bin/sh\n")).unwrap();
+        let mut teams = crate::attribution::HostTeams::default();
+        teams.by_user.insert("builder".into(), "platform".into());
+        let meta = ConnMeta {
+            conn_id: 1,
+            pid: std::process::id(),
+            comm: "python3".into(),
+            cgroup_id: 0,
+            side: Side::Client,
+            tls: None,
+            endpoints: None,
+            authority: None,
+        };
+        for pods in [None, Some(PodCache::new("team"))] {
+            let enricher = Enricher {
+                clock: WallClock::fixed(0),
+                node: Some("node-a".into()),
+                pricer: Pricer::builtin(),
+                pods,
+            };
+            let mut procs = ProcessTable::new("/proc", 0, 10)
+                .with_passwd(passwd.to_str().unwrap())
+                .with_host_teams(teams.clone());
+            let r = enricher.enrich(&meta, served_call(), &mut procs);
+            let a = &r.attribution;
+            assert_eq!((a.uid, a.user.as_deref()), (Some(uid), Some("builder")));
+            // This test may itself run in a container or a unit; the rule is for processes in neither.
+            if a.container_id.is_none() && a.pod_uid.is_none() && a.systemd_unit.is_none() {
+                assert_eq!(a.team.as_deref(), Some("platform"));
+            }
+            assert_eq!(a.pod, None);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

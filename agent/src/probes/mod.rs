@@ -17,10 +17,12 @@ use aya::{
 use tokenscope_common::{
     names, ConnState, CONN_STATE_MAP, COUNTERS_MAP, COUNTER_COUNT, COUNTER_NAMES, EVENTS_MAP,
     GLOBAL_AGENT_TGID, GLOBAL_CALL_CAP, GLOBAL_FIRST_WINDOW, GLOBAL_OFFSETS, VERDICT_CAPTURE,
-    VERDICT_MUTED,
+    VERDICT_CIPHER, VERDICT_MUTED,
 };
 
 pub use btf::{kernel_offsets, BtfError};
+
+use crate::streams::Verdict;
 
 /// The eBPF object built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tokenscope"));
@@ -153,13 +155,15 @@ impl Probes {
     }
 
     /// Records user space's verdict on a connection (socket or SSL object).
-    pub fn set_verdict(&mut self, conn_id: u64, capture: bool) {
+    pub fn set_verdict(&mut self, conn_id: u64, verdict: Verdict) {
         let state = ConnState {
             window_used: 0,
-            verdict: if capture {
-                VERDICT_CAPTURE
-            } else {
-                VERDICT_MUTED
+            sent: 0,
+            received: 0,
+            verdict: match verdict {
+                Verdict::Capture => VERDICT_CAPTURE,
+                Verdict::Mute => VERDICT_MUTED,
+                Verdict::Cipher => VERDICT_CIPHER,
             },
             _pad: [0; 7],
         };

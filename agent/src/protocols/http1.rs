@@ -3,6 +3,7 @@
 //! requests from 0; a response takes the id of the oldest unanswered request.
 
 use std::collections::VecDeque;
+use std::mem::MaybeUninit;
 
 use super::body::{BodyDecoder, BodyError};
 use super::event::{AbortReason, Direction, Header, HttpEvent, RequestHead, ResponseHead};
@@ -274,15 +275,34 @@ impl Http1Parser {
         // Never copy more than a head's bound: the rest of a large write
         // (bodies, pipelined messages) is parsed in place.
         let room = (max_head + 4).saturating_sub(old_len);
+        if old_len == 0 {
+            // The usual case, a write that starts with a whole head: parse it
+            // where it lies, over the same bounded window the buffered path
+            // would copy, so the outcome is the same.
+            let window = input.get(..room.min(input.len())).unwrap_or_default();
+            if has_head_end(window) {
+                let parsed = match dir {
+                    Direction::FromClient => self.parse_request(window, ts_ns, stats, out),
+                    Direction::FromServer => self.parse_response(window, ts_ns, stats, out),
+                };
+                match parsed {
+                    Parsed::Done(n) => return Step::Consumed(n),
+                    Parsed::Malformed => return Step::Stop,
+                    Parsed::Switched => {
+                        self.stopped = true;
+                        return Step::Wait;
+                    }
+                    // A blank line inside a partial head: buffer as usual.
+                    Parsed::Partial => {}
+                }
+            }
+        }
+        let side = self.side_mut(dir);
         side.buf
             .extend_from_slice(input.get(..room.min(input.len())).unwrap_or_default());
         // Re-parse only once the end of a head may be present.
         let search_from = old_len.saturating_sub(3);
-        side.end_seen = side.end_seen
-            || side
-                .buf
-                .get(search_from..)
-                .is_some_and(|tail| tail.windows(2).any(|w| w == b"\n\n" || w == b"\n\r"));
+        side.end_seen = side.end_seen || side.buf.get(search_from..).is_some_and(has_head_end);
         if !side.end_seen {
             if side.buf.len() > max_head {
                 stats.too_large += 1;
@@ -333,9 +353,10 @@ impl Http1Parser {
         stats: &mut ParseStats,
         out: &mut Vec<HttpEvent>,
     ) -> Parsed {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let n = match req.parse(buf) {
+        // Uninitialised slots: httparse writes only the headers it finds.
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let n = match req.parse_with_uninit_headers(buf, &mut headers) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Parsed::Partial,
             Err(_) => return Parsed::Malformed,
@@ -399,9 +420,13 @@ impl Http1Parser {
         stats: &mut ParseStats,
         out: &mut Vec<HttpEvent>,
     ) -> Parsed {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        let n = match resp.parse(buf) {
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let n = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            buf,
+            &mut headers,
+        ) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Parsed::Partial,
             Err(_) => return Parsed::Malformed,
@@ -778,6 +803,11 @@ fn body_framing(headers: &[httparse::Header<'_>], response: bool) -> Result<Opti
 
 /// Headers to report (credentials dropped, names lower-case), the `Host`
 /// value and the `Content-Encoding` value.
+/// Whether `buf` holds a line end that may end a head (`\n\n` or `\n\r`).
+fn has_head_end(buf: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', buf).any(|i| matches!(buf.get(i + 1), Some(b'\n' | b'\r')))
+}
+
 fn keep_headers(headers: &[httparse::Header<'_>]) -> (Vec<Header>, Option<String>, Option<String>) {
     let mut kept = Vec::with_capacity(headers.len());
     let mut host = None;

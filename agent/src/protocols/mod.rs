@@ -146,6 +146,16 @@ impl HttpParser {
                     Direction::FromClient => (pending_client, pending_server),
                     Direction::FromServer => (pending_server, pending_client),
                 };
+                if pending.is_empty() && other.is_empty() {
+                    // The usual first write holds enough to tell: sniff it in
+                    // place rather than copy it (it may hold a whole request).
+                    let sniffed = detect::sniff(data);
+                    if !matches!(sniffed, Sniff::NeedMore | Sniff::NotHttp) {
+                        self.start(dir, sniffed, data.starts_with(detect::PREFACE));
+                        self.feed(dir, ts_ns, data, out);
+                        return;
+                    }
+                }
                 let mut buf = std::mem::take(pending);
                 buf.extend_from_slice(data);
                 let sniffed = detect::sniff(&buf);
@@ -166,15 +176,7 @@ impl HttpParser {
                     Direction::FromClient => Direction::FromServer,
                     Direction::FromServer => Direction::FromClient,
                 };
-                let preface = dir == Direction::FromClient && buf.starts_with(detect::PREFACE);
-                self.inner = if sniffed == Sniff::LooksHttp2 {
-                    Inner::Http2(Box::new(http2::Http2Parser::new(
-                        self.limits.clone(),
-                        preface,
-                    )))
-                } else {
-                    Inner::Http1(Box::new(http1::Http1Parser::new(self.limits.clone())))
-                };
+                self.start(dir, sniffed, buf.starts_with(detect::PREFACE));
                 // The other side's first bytes, held while too short to
                 // tell, came earlier: they go in first.
                 if !other.is_empty() {
@@ -183,6 +185,19 @@ impl HttpParser {
                 self.feed(dir, ts_ns, &buf, out);
             }
         }
+    }
+
+    /// Leaves detection for the parser of the sniffed protocol.
+    fn start(&mut self, dir: Direction, sniffed: Sniff, starts_with_preface: bool) {
+        let preface = dir == Direction::FromClient && starts_with_preface;
+        self.inner = if sniffed == Sniff::LooksHttp2 {
+            Inner::Http2(Box::new(http2::Http2Parser::new(
+                self.limits.clone(),
+                preface,
+            )))
+        } else {
+            Inner::Http1(Box::new(http1::Http1Parser::new(self.limits.clone())))
+        };
     }
 
     pub fn gap(&mut self, dir: Direction, ts_ns: u64, lost: u64, out: &mut Vec<HttpEvent>) {
@@ -228,7 +243,13 @@ pub fn is_credential_header(lower_name: &str) -> bool {
 /// The path part of a request target: no query, no fragment, and for an
 /// absolute-form target (`http://host/p`) only the path.
 pub(crate) fn clean_path(target: &str) -> String {
-    let path = match target.find("://") {
+    // Origin form (`/p?q`), the usual one, has no scheme to look for.
+    let scheme = if target.starts_with('/') {
+        None
+    } else {
+        target.find("://")
+    };
+    let path = match scheme {
         Some(i) => {
             let rest = target.get(i + 3..).unwrap_or("");
             match rest.find('/') {
@@ -244,6 +265,9 @@ pub(crate) fn clean_path(target: &str) -> String {
 
 /// The authority of an absolute-form target, if any.
 pub(crate) fn target_authority(target: &str) -> Option<&str> {
+    if target.starts_with('/') {
+        return None;
+    }
     let rest = target.get(target.find("://")? + 3..)?;
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     rest.get(..end)
@@ -259,7 +283,11 @@ pub(crate) fn clean_authority(authority: &str) -> String {
 
 /// A header value as text; bytes that are not UTF-8 become U+FFFD.
 pub(crate) fn header_text(value: &[u8]) -> String {
-    String::from_utf8_lossy(value).into_owned()
+    // `from_utf8` is the fast check; the lossy walk only for bad bytes.
+    match std::str::from_utf8(value) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(value).into_owned(),
+    }
 }
 
 /// Emits an abort and counts it.

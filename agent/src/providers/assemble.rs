@@ -90,6 +90,12 @@ impl OpenExchanges {
     }
 
     fn insert(&mut self, stream: u64, ex: Exchange) {
+        if self.exchanges.capacity() == 0 {
+            // HTTP/1.1 has one exchange open at a time; the default first
+            // capacity (four) would allocate kilobytes for nothing.
+            self.exchanges.reserve_exact(1);
+            self.streams.reserve_exact(1);
+        }
         self.streams.push(stream);
         self.exchanges.push(ex);
     }

@@ -12,7 +12,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Api, Attribution, CallRecord, GpuShare, LlmCall, Provider, Side, Usage};
+use super::{
+    Api, Attribution, CallRecord, GpuShare, GpuShareStatus, LlmCall, Provider, Side, Usage,
+};
 
 /// One call, as exported.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -80,6 +82,9 @@ pub struct Event {
     /// The GPU part of `cost_usd`.
     #[serde(default)]
     pub gpu_cost_usd: Option<f64>,
+    /// Where the GPU share stands (`remote`: not knowable on this node).
+    #[serde(default)]
+    pub gpu_share: Option<GpuShareStatus>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,6 +250,7 @@ impl From<CallRecord> for Event {
             gpu_seconds: r.gpu.as_ref().map(|g| g.gpu_seconds),
             gpu_energy_joules: r.gpu.as_ref().map(|g| g.energy_joules),
             gpu_cost_usd: r.gpu.as_ref().map(|g| g.cost_usd),
+            gpu_share: r.gpu_share,
         }
     }
 }
@@ -333,6 +339,7 @@ impl TryFrom<Event> for CallRecord {
             tls: e.tls,
             cost_usd: e.cost_usd,
             gpu,
+            gpu_share: e.gpu_share,
         })
     }
 }
@@ -379,6 +386,7 @@ impl TryFrom<AnyRecord> for CallRecord {
                 tls: None,
                 cost_usd: l.cost_usd,
                 gpu: l.gpu,
+                gpu_share: None,
             }),
         }
     }
@@ -419,6 +427,7 @@ mod tests {
             tls: Some("openssl".into()),
             cost_usd: Some(0.25),
             gpu: None,
+            gpu_share: None,
         }
     }
 

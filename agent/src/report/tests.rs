@@ -78,6 +78,7 @@ pub(super) fn base(who: &Who, provider: Provider, api: Api, model: &str, at_s: u
         tls: None,
         cost_usd: None,
         gpu: None,
+        gpu_share: None,
     }
 }
 

@@ -2,6 +2,8 @@
 //! lost into gaps, decides which peer is the client, and drives the protocol
 //! parser and call assembler. Pure: events in, calls and verdicts out.
 
+pub mod tls;
+
 use std::collections::HashMap;
 
 use crate::{
@@ -65,10 +67,63 @@ pub struct ConnMeta {
 #[derive(Debug, Default)]
 pub struct Output {
     pub calls: Vec<(ConnMeta, LlmCall)>,
-    /// (connection id, capture?) to write to the kernel's verdict map.
-    pub verdicts: Vec<(u64, bool)>,
+    /// Verdicts to write to the kernel's map, per connection id.
+    pub verdicts: Vec<(u64, Verdict)>,
+    /// TLS connections to AI endpoints whose plaintext was out of reach.
+    pub endpoints: Vec<EndpointRecord>,
     /// Connection ids whose kernel state can be forgotten.
     pub forget: Vec<u64>,
+    /// What `tokenscope capture` shows: filled only when the table taps.
+    pub tapped: Vec<Tapped>,
+}
+
+/// What the kernel does with a connection's next bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// LLM traffic: capture it whole.
+    Capture,
+    /// Anything else: copy nothing.
+    Mute,
+    /// TLS ciphertext: copy nothing, count the bytes, link it to its SSL calls.
+    Cipher,
+}
+
+/// A TLS connection to an AI endpoint that no TLS probe decrypted (Java,
+/// rustls, a static binary without symbols): who talked to which endpoint,
+/// how much and for how long.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointRecord {
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    /// The server name from the ClientHello.
+    pub server_name: String,
+    pub endpoints: Option<Endpoints>,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+/// A copy of what the table reassembled, for debugging (`tokenscope capture`).
+#[derive(Clone, Debug)]
+pub enum Tapped {
+    /// Bytes of a connection, in order, plaintext for TLS.
+    Bytes {
+        conn_id: u64,
+        pid: u32,
+        flow: Flow,
+        bytes: Vec<u8>,
+    },
+    /// Bytes the capture lost at this point of the stream.
+    Gap {
+        conn_id: u64,
+        pid: u32,
+        flow: Flow,
+        lost: u64,
+    },
+    /// A request or response head, as the parser read it.
+    Head { meta: ConnMeta, event: Box<HttpEvent> },
 }
 
 #[derive(Default)]
@@ -85,6 +140,14 @@ enum Phase {
         parser: Box<HttpParser>,
         assembler: Box<CallAssembler>,
         decided: bool,
+    },
+    /// A TLS connection: its handshake is read for the server name, then
+    /// only its size is counted.
+    Tls {
+        hello: Vec<u8>,
+        server_name: Option<String>,
+        first_ts: u64,
+        seen: [u64; 2],
     },
     Ignored,
 }
@@ -104,6 +167,9 @@ pub struct StreamTable {
     ssl_endpoints: HashMap<u64, Endpoints>,
     limits: StreamLimits,
     stats: StreamStats,
+    tap: bool,
+    /// Hosts beyond the shipped list whose TLS connections make endpoint records.
+    endpoint_hosts: Vec<String>,
 }
 
 const SNIFF_MAX: usize = 64;
@@ -116,7 +182,19 @@ impl StreamTable {
             ssl_endpoints: HashMap::new(),
             limits,
             stats: StreamStats::default(),
+            tap: false,
+            endpoint_hosts: Vec::new(),
         }
+    }
+
+    /// Extra AI endpoint hosts (and their subdomains) for endpoint records.
+    pub fn set_endpoint_hosts(&mut self, hosts: Vec<String>) {
+        self.endpoint_hosts = hosts;
+    }
+
+    /// Copies every reassembled byte and head into [`Output::tapped`].
+    pub fn set_tap(&mut self, on: bool) {
+        self.tap = on;
     }
 
     pub fn stats(&self) -> &StreamStats {
@@ -210,6 +288,31 @@ impl StreamTable {
             cursor.open = false;
         }
 
+        if self.tap {
+            let (conn_id, pid, flow) = (data.conn_id, conn.meta.pid, data.flow);
+            if gap_before > 0 {
+                out.tapped.push(Tapped::Gap {
+                    conn_id,
+                    pid,
+                    flow,
+                    lost: gap_before,
+                });
+            }
+            out.tapped.push(Tapped::Bytes {
+                conn_id,
+                pid,
+                flow,
+                bytes: data.payload.to_vec(),
+            });
+            if gap_after > 0 {
+                out.tapped.push(Tapped::Gap {
+                    conn_id,
+                    pid,
+                    flow,
+                    lost: gap_after,
+                });
+            }
+        }
         if gap_before > 0 {
             feed_gap(conn, data.flow, data.ts_ns, gap_before, &mut self.stats);
         }
@@ -224,15 +327,50 @@ impl StreamTable {
         if gap_after > 0 {
             feed_gap(conn, data.flow, data.ts_ns, gap_after, &mut self.stats);
         }
-        drain(conn, &mut self.stats, out);
+        drain(conn, &mut self.stats, self.tap, out);
         if matches!(conn.phase, Phase::Ignored) {
             // Keep a tombstone so later bytes (if any slip through) are not re-sniffed.
             conn.http_events.clear();
         }
     }
 
-    /// A socket closed: close it and every SSL object riding on it.
-    pub fn on_close(&mut self, conn_id: u64, ts_ns: u64, out: &mut Output) {
+    /// A socket closed: close it and every SSL object riding on it. `sent`
+    /// and `received` are the ciphertext bytes the kernel counted.
+    pub fn on_close(
+        &mut self,
+        conn_id: u64,
+        ts_ns: u64,
+        sent: u64,
+        received: u64,
+        out: &mut Output,
+    ) {
+        let decrypted = self.ssl_by_sock.contains_key(&conn_id);
+        if let Some(conn) = self.conns.get(&conn_id) {
+            if let Phase::Tls {
+                server_name: Some(name),
+                first_ts,
+                seen,
+                ..
+            } = &conn.phase
+            {
+                if !decrypted
+                    && conn.meta.side == Side::Client
+                    && tls::is_ai_endpoint(name, &self.endpoint_hosts)
+                {
+                    out.endpoints.push(EndpointRecord {
+                        pid: conn.meta.pid,
+                        comm: conn.meta.comm.clone(),
+                        cgroup_id: conn.meta.cgroup_id,
+                        server_name: name.clone(),
+                        endpoints: conn.meta.endpoints,
+                        start_ns: *first_ts,
+                        end_ns: ts_ns,
+                        bytes_sent: seen[0] + sent,
+                        bytes_received: seen[1] + received,
+                    });
+                }
+            }
+        }
         self.close_one(conn_id, ts_ns, out);
         if let Some(ssls) = self.ssl_by_sock.remove(&conn_id) {
             for ssl in ssls {
@@ -343,6 +481,27 @@ fn feed(
         }
         // Only a handful of bytes are ever held: sniffing decides within SNIFF_MAX.
         buf.extend_from_slice(bytes);
+        if tls::looks_tls(&buf[..buf.len().min(3)]) {
+            let hello = std::mem::take(buf);
+            let seen = if flow == Flow::Egress {
+                [hello.len() as u64, 0]
+            } else {
+                [0, hello.len() as u64]
+            };
+            conn.meta.side = if flow == Flow::Egress {
+                Side::Client
+            } else {
+                Side::Server
+            };
+            conn.phase = Phase::Tls {
+                hello,
+                server_name: None,
+                first_ts: ts_ns,
+                seen,
+            };
+            read_hello(conn, out);
+            return;
+        }
         let side = match sniff(buf) {
             Sniff::NeedMore if buf.len() < SNIFF_MAX => return,
             Sniff::LooksHttp2 if !buf.starts_with(PREFACE) => {
@@ -358,7 +517,7 @@ fn feed(
                     _ => {
                         stats.not_http += 1;
                         conn.phase = Phase::Ignored;
-                        out.verdicts.push((conn.meta.conn_id, false));
+                        out.verdicts.push((conn.meta.conn_id, Verdict::Mute));
                         return;
                     }
                 }
@@ -380,7 +539,7 @@ fn feed(
             _ => {
                 stats.not_http += 1;
                 conn.phase = Phase::Ignored;
-                out.verdicts.push((conn.meta.conn_id, false));
+                out.verdicts.push((conn.meta.conn_id, Verdict::Mute));
                 return;
             }
         };
@@ -396,10 +555,38 @@ fn feed(
         }
         return;
     }
+    if let Phase::Tls { hello, seen, .. } = &mut conn.phase {
+        seen[usize::from(flow == Flow::Ingress)] += bytes.len() as u64;
+        if !hello.is_empty() && hello.len() < tls::HELLO_MAX {
+            let room = tls::HELLO_MAX - hello.len();
+            hello.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            read_hello(conn, out);
+        }
+        return;
+    }
     let side = conn.meta.side;
     if let Phase::Http { parser, .. } = &mut conn.phase {
         parser.feed(direction(side, flow), ts_ns, bytes, &mut conn.http_events);
     }
+}
+
+/// Reads the server name once the ClientHello is whole, then hands the
+/// socket to the kernel as ciphertext (counted, linked, never copied).
+fn read_hello(conn: &mut Conn, out: &mut Output) {
+    let Phase::Tls {
+        hello, server_name, ..
+    } = &mut conn.phase
+    else {
+        return;
+    };
+    let name = match tls::client_hello(hello) {
+        tls::Hello::NeedMore if hello.len() < tls::HELLO_MAX => return,
+        tls::Hello::Client(name) => name,
+        _ => None,
+    };
+    *server_name = name;
+    *hello = Vec::new();
+    out.verdicts.push((conn.meta.conn_id, Verdict::Cipher));
 }
 
 fn feed_gap(conn: &mut Conn, flow: Flow, ts_ns: u64, lost: u64, stats: &mut StreamStats) {
@@ -411,7 +598,7 @@ fn feed_gap(conn: &mut Conn, flow: Flow, ts_ns: u64, lost: u64, stats: &mut Stre
             parser.gap(direction(side, flow), ts_ns, lost, &mut conn.http_events)
         }
         Phase::Sniffing(..) => conn.phase = Phase::Ignored,
-        Phase::Ignored => {}
+        Phase::Tls { .. } | Phase::Ignored => {}
     }
 }
 
@@ -433,7 +620,7 @@ fn is_llm_path(path: &str) -> bool {
     MARKERS.iter().any(|m| path.contains(m))
 }
 
-fn drain(conn: &mut Conn, stats: &mut StreamStats, out: &mut Output) {
+fn drain(conn: &mut Conn, stats: &mut StreamStats, tap: bool, out: &mut Output) {
     let Phase::Http {
         assembler, decided, ..
     } = &mut conn.phase
@@ -442,6 +629,12 @@ fn drain(conn: &mut Conn, stats: &mut StreamStats, out: &mut Output) {
     };
     let mut calls = Vec::new();
     for ev in conn.http_events.drain(..) {
+        if tap && matches!(ev, HttpEvent::Request { .. } | HttpEvent::Response { .. }) {
+            out.tapped.push(Tapped::Head {
+                meta: conn.meta.clone(),
+                event: Box::new(ev.clone()),
+            });
+        }
         if let HttpEvent::Request { head, .. } = &ev {
             if conn.meta.authority.is_none() {
                 conn.meta.authority = head.authority.clone();
@@ -450,7 +643,10 @@ fn drain(conn: &mut Conn, stats: &mut StreamStats, out: &mut Output) {
                 *decided = true;
                 let host = head.authority.as_deref().unwrap_or("");
                 let llm = is_llm_path(&head.path) || provider_for_host(host).is_some();
-                out.verdicts.push((conn.meta.conn_id, llm));
+                out.verdicts.push((
+                    conn.meta.conn_id,
+                    if llm { Verdict::Capture } else { Verdict::Mute },
+                ));
                 if !llm {
                     stats.not_llm += 1;
                 }
