@@ -653,7 +653,6 @@ fn server_logged(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 #[test]
-#[ignore = "needs tokenscope capture --dump"]
 fn reassembly_is_byte_exact_against_what_the_server_saw() {
     if !ebpf_available() {
         return;
@@ -663,17 +662,28 @@ fn reassembly_is_byte_exact_against_what_the_server_saw() {
         let logs = TempDir::new("server-bytes");
         let dump = TempDir::new("dump");
         let server = Server::start(tls, Some(logs.path()));
+        let err = dump.path().join("capture.err");
         let capture = Guard(
             Command::new(agent_binary())
                 .args(["capture", "--dump"])
                 .arg(dump.path())
-                .args(["--duration-s", "120"])
+                .args(["--duration-s", "300"])
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(std::fs::File::create(&err).expect("stderr file"))
                 .spawn()
                 .expect("tokenscope capture"),
         );
-        std::thread::sleep(Duration::from_secs(5));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(&err)
+            .unwrap_or_default()
+            .contains("capturing")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "tokenscope capture not ready in 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
         let base = server.base();
         let mut clients: Vec<(&str, Command, String)> = Vec::new();
         let body = chat_body("dump-curl-big").replace("hi", &"word ".repeat(20_000));
