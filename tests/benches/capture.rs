@@ -520,7 +520,7 @@ fn main() {
         bench.block(&mut c, round, None);
         loads.block(round, None);
         let started = Instant::now();
-        let agent = Agent::start(&[]);
+        let agent = Agent::start_within(&[], Duration::from_secs(240));
         eprintln!("agent ready in {:.1} s", started.elapsed().as_secs_f64());
         let http_posts = bench.block(&mut c, round, Some(&agent));
         report_agent(&agent, http_posts);
