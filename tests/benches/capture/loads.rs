@@ -339,13 +339,17 @@ impl Loads {
     }
 }
 
+/// One nginx process (`master_process off`): with a master, nginx maps
+/// shared memory that /proc/<pid>/maps shows as `/dev/zero (deleted)`, and
+/// the agent's TLS scanner then reads /dev/zero without end and never gets
+/// ready (an agent bug, reported).
 fn start_nginx(dir: &Path, tls: &TlsFiles, http_port: u16, https_port: u16) -> Guard {
     let www = dir.join("www");
     std::fs::create_dir_all(&www).expect("www");
     std::fs::create_dir_all(dir.join("tmp")).expect("nginx tmp");
     std::fs::write(www.join("page.html"), "x".repeat(1023) + "\n").expect("page");
     let conf = format!(
-        "daemon off;\nworker_processes 2;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
+        "daemon off;\nmaster_process off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
          events {{ worker_connections 1024; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {dir}/tmp;\n  proxy_temp_path {dir}/tmp;\n\
            fastcgi_temp_path {dir}/tmp;\n  uwsgi_temp_path {dir}/tmp;\n  scgi_temp_path {dir}/tmp;\n\
