@@ -7,6 +7,10 @@
 #[cfg(target_arch = "bpf")]
 mod emit;
 #[cfg(target_arch = "bpf")]
+mod filter;
+#[cfg(target_arch = "bpf")]
+mod gotls;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod process;

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tokenscope_common::{ConnState, Counter, Offsets, SslCall, COUNTER_COUNT, SCRATCH_SIZE};
 
@@ -21,11 +21,26 @@ pub static SSL_ACTIVE: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(1
 #[map]
 pub static TLS_LINKED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
+/// Go `crypto/tls` calls in flight by `[tgid, g]`; see `gotls.rs`.
+#[map]
+pub static GO_CALLS: LruHashMap<[u64; 2], SslCall> = LruHashMap::with_max_entries(16384, 0);
+
 #[map]
 pub static SCRATCH: PerCpuArray<[u8; SCRATCH_SIZE]> = PerCpuArray::with_max_entries(1, 0);
 
+#[map]
+pub static FILTER_COMM: HashMap<[u8; 16], u8> = HashMap::with_max_entries(256, 0);
+
+#[map]
+pub static FILTER_PORT: HashMap<u16, u8> = HashMap::with_max_entries(256, 0);
+
+#[map]
+pub static FILTER_CGROUP: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
+
 #[unsafe(no_mangle)]
 static AGENT_TGID: u32 = 0;
+#[unsafe(no_mangle)]
+static FILTERS: u32 = 0;
 #[unsafe(no_mangle)]
 static FIRST_WINDOW: u64 = 8192;
 #[unsafe(no_mangle)]
@@ -49,6 +64,10 @@ static OFFSETS: Offsets = Offsets {
 #[inline(always)]
 pub fn agent_tgid() -> u32 {
     unsafe { core::ptr::read_volatile(&AGENT_TGID) }
+}
+#[inline(always)]
+pub fn filters() -> u32 {
+    unsafe { core::ptr::read_volatile(&FILTERS) }
 }
 #[inline(always)]
 pub fn first_window() -> u64 {

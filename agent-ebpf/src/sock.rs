@@ -11,13 +11,17 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tokenscope_common::{
-    ConnEvent, ConnState, Counter, EventKind, TlsLinkEvent, Tuple, CONN_CLOSE, DIR_EGRESS,
-    DIR_INGRESS, FLAG_TRUNCATED, FLAG_UNREADABLE, SOURCE_SOCKET, VERDICT_CIPHER, VERDICT_MUTED,
+    ConnEvent, ConnState, Counter, EventKind, SslCall, TlsLinkEvent, Tuple, CONN_CLOSE, DIR_EGRESS,
+    DIR_INGRESS, FLAG_TRUNCATED, FLAG_UNREADABLE, SOURCE_SOCKET, SOURCE_TLS_GO, VERDICT_CIPHER,
+    VERDICT_MUTED,
 };
 
 use crate::{
     emit::{admit, begin, direct, iovec, lost_from, starts_with_post},
-    maps::{agent_tgid, count, offsets, CONN_STATE, EVENTS, SSL_ACTIVE, TLS_LINKED},
+    filter::{ports_allowed, process_allowed},
+    maps::{
+        agent_tgid, count, filters, offsets, CONN_STATE, EVENTS, GO_CALLS, SSL_ACTIVE, TLS_LINKED,
+    },
 };
 
 const AF_INET: u16 = 2;
@@ -26,6 +30,7 @@ const SOCK_STREAM: u16 = 1;
 const TCP_CLOSE: i32 = 7;
 
 // x86_64 `struct pt_regs` offsets of the syscall number and arguments.
+const REG_R14: usize = 8;
 const REG_DX: usize = 96;
 const REG_SI: usize = 104;
 const REG_ORIG_AX: usize = 120;
@@ -159,7 +164,16 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
                 }
             }
             count(Counter::Muted, 1);
-            if let Some(call) = unsafe { SSL_ACTIVE.get(&bpf_get_current_pid_tgid()) } {
+            let pid_tgid = bpf_get_current_pid_tgid();
+            if let Some(call) = unsafe { SSL_ACTIVE.get(&pid_tgid) } {
+                if in_tls_call(call) {
+                    link_tls(call.ssl, sk);
+                    return;
+                }
+            }
+            // A goroutine that blocked inside Go's (*Conn).Read or Write
+            // resumes on any thread: find its call by (tgid, g) instead.
+            if let Some(call) = unsafe { GO_CALLS.get(&[pid_tgid >> 32, current_goroutine()]) } {
                 link_tls(call.ssl, sk);
             }
             return;
@@ -181,8 +195,30 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
 
     // A socket call inside an SSL call carries ciphertext: link the two, skip the bytes.
     if let Some(call) = unsafe { SSL_ACTIVE.get(&pid_tgid) } {
-        link_tls(call.ssl, sk);
-        return;
+        if in_tls_call(call) {
+            link_tls(call.ssl, sk);
+            return;
+        }
+    }
+
+    // A new connection meets the include/exclude filters once; one that
+    // fails them is muted, so later calls cost the one lookup above.
+    let flags = filters();
+    if state.is_none() && flags != 0 {
+        let local: u16 = read_kernel(sk + off.sk_num as u64).unwrap_or(0);
+        let remote = u16::from_be(read_kernel::<u16>(sk + off.sk_dport as u64).unwrap_or(0));
+        if !process_allowed(flags) || !ports_allowed(flags, local, remote) {
+            let muted = ConnState {
+                window_used: 0,
+                sent: 0,
+                received: 0,
+                verdict: VERDICT_MUTED,
+                _pad: [0; 7],
+            };
+            let _ = CONN_STATE.insert(&sk, &muted, 0);
+            count(Counter::Filtered, 1);
+            return;
+        }
     }
 
     let call_len = ret as u32;
@@ -230,6 +266,25 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
         count(Counter::Truncated, 1);
         lost_from(sent, FLAG_TRUNCATED);
     }
+}
+
+/// Whether this socket call is made by the SSL call saved for the thread.
+/// A Go call holds the thread only while its goroutine runs: when it blocks,
+/// the thread runs other goroutines, so the goroutine (`g`, r14 under the
+/// register ABI, saved at the syscall) must be the one that made the call.
+#[inline(always)]
+fn in_tls_call(call: &SslCall) -> bool {
+    if call.source != SOURCE_TLS_GO {
+        return true;
+    }
+    current_goroutine() == call.len_ptr
+}
+
+/// Go's `g` (r14 under the register ABI) as saved at the syscall; 0 if unreadable.
+#[inline(always)]
+fn current_goroutine() -> u64 {
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    read_kernel::<u64>(regs + REG_R14 as u64).unwrap_or(0)
 }
 
 #[inline(always)]

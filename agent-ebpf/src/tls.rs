@@ -11,7 +11,8 @@ use tokenscope_common::{ssl_cookie, Counter, SslCall, Tuple, FLAG_TRUNCATED};
 
 use crate::{
     emit::{admit, begin, direct, lost_from, starts_with_post},
-    maps::{agent_tgid, count, CONN_STATE, SSL_ACTIVE},
+    filter::process_allowed,
+    maps::{agent_tgid, count, filters, CONN_STATE, SSL_ACTIVE},
 };
 
 /// Entry of `SSL_read`/`SSL_write`, their `_ex` variants, or the internal
@@ -34,6 +35,11 @@ fn enter(ctx: &ProbeContext, cookie: u64) {
     count(Counter::SslCalls, 1);
     let pid_tgid = bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == agent_tgid() {
+        return;
+    }
+    let flags = filters();
+    if flags != 0 && !process_allowed(flags) {
+        count(Counter::Filtered, 1);
         return;
     }
     let (dir, len_arg, source) = ssl_cookie::decode(cookie);

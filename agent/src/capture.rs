@@ -156,6 +156,7 @@ pub fn run(args: &CaptureArgs) -> anyhow::Result<()> {
         call_cap: args.call_cap_bytes,
         capture_sockets: true,
         capture_tls: true,
+        filters: Default::default(),
     };
     let mut probes = Probes::load(&settings).context("loading the probes")?;
     let mut ring = probes.take_events().context("opening the ring buffer")?;
@@ -322,6 +323,7 @@ mod tests {
                 remote: "127.0.0.1:443".parse().unwrap(),
             }),
             authority: None,
+            caller: None,
         }
     }
 

@@ -1,6 +1,11 @@
 //! Agent configuration. Precedence, in one place: built-in defaults < TOML
 //! file (`--config`) < `TOKENSCOPE_*` environment < command-line flags.
 //! Clap resolves env vs flag; [`Config::load`] lays both over the file.
+//!
+//! The built-in defaults depend on where the agent runs: in a container
+//! ([`running_in_container`]) it listens on `0.0.0.0:9464` and logs JSON, as
+//! the DaemonSet needs; elsewhere it listens on `127.0.0.1:9464` and logs text.
+//! A file key, env variable or flag that sets either one still wins.
 
 use std::{
     net::SocketAddr,
@@ -27,6 +32,34 @@ pub enum ConfigError {
     Invalid { key: &'static str, reason: String },
 }
 
+/// Whether this process runs in a container: Kubernetes sets
+/// `KUBERNETES_SERVICE_HOST` in every pod, Podman, LXC and systemd-nspawn
+/// set `container` (Podman's `/run/.containerenv` is missing under
+/// `--read-only`), and Docker writes `/.dockerenv`.
+pub fn running_in_container() -> bool {
+    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        || std::env::var_os("container").is_some_and(|v| !v.is_empty())
+        || Path::new("/run/.containerenv").exists()
+        || Path::new("/.dockerenv").exists()
+}
+
+/// Address the agent listens on in a container: every interface, so the
+/// kubelet's probes and Prometheus reach it through the pod IP.
+pub const CONTAINER_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::UNSPECIFIED,
+    9464,
+));
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per event, for log collectors.
+    Json,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -45,6 +78,7 @@ pub struct AgentConfig {
     /// Node name attached to every record; defaults to the host name.
     pub node_name: Option<String>,
     pub log_level: String,
+    pub log_format: LogFormat,
 }
 
 impl Default for AgentConfig {
@@ -52,6 +86,7 @@ impl Default for AgentConfig {
         AgentConfig {
             node_name: None,
             log_level: "info".to_string(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -68,8 +103,21 @@ pub struct CaptureConfig {
     /// Most bytes captured from one socket or SSL call.
     pub call_cap_bytes: u32,
     pub max_connections: usize,
-    /// Process names whose traffic is never parsed.
+    /// Process names (as in /proc/<pid>/comm) whose traffic is never
+    /// captured; filtered in the kernel.
     pub exclude_comms: Vec<String>,
+    /// When set, only these process names are captured.
+    pub include_comms: Vec<String>,
+    /// TCP ports (local or remote) never captured.
+    pub exclude_ports: Vec<u16>,
+    /// When set, only connections with one of these ports are captured (plain
+    /// sockets; TLS plaintext follows the process filters only).
+    pub include_ports: Vec<u16>,
+    /// cgroup v2 directories (absolute, or relative to the v2 hierarchy)
+    /// whose processes, and their descendants', are never captured.
+    pub exclude_cgroups: Vec<String>,
+    /// When set, only processes in these cgroups (or below) are captured.
+    pub include_cgroups: Vec<String>,
     /// AI endpoint hosts (and their subdomains) beyond the shipped list: TLS
     /// connections to them that no probe decrypts become endpoint records.
     pub endpoint_hosts: Vec<String>,
@@ -84,6 +132,11 @@ impl Default for CaptureConfig {
             call_cap_bytes: 256 * 1024,
             max_connections: 4096,
             exclude_comms: Vec::new(),
+            include_comms: Vec::new(),
+            exclude_ports: Vec::new(),
+            include_ports: Vec::new(),
+            exclude_cgroups: Vec::new(),
+            include_cgroups: Vec::new(),
             endpoint_hosts: Vec::new(),
         }
     }
@@ -234,6 +287,9 @@ pub struct Overrides {
     /// error, warn, info, debug or trace.
     #[arg(long, env = "TOKENSCOPE_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// text or json; json by default in a container.
+    #[arg(long, env = "TOKENSCOPE_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
     #[arg(long, env = "TOKENSCOPE_LISTEN")]
     pub listen: Option<SocketAddr>,
     #[arg(long, env = "TOKENSCOPE_OTLP_ENDPOINT")]
@@ -285,14 +341,56 @@ impl Config {
         toml::from_str(text)
     }
 
-    /// Defaults, then the file, then env and flags; validated.
+    /// Defaults (for a container where [`running_in_container`]), then the
+    /// file, then env and flags; validated.
     pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        let container = running_in_container();
         let mut config = match &overrides.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Config::layered(&text, container).map_err(|source| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+            }
+            None => Config::defaults(container),
         };
         config.apply(overrides);
         config.validate()?;
+        Ok(config)
+    }
+
+    /// The built-in defaults, in a container or not.
+    pub fn defaults(container: bool) -> Config {
+        let mut config = Config::default();
+        if container {
+            config.export.listen = CONTAINER_LISTEN;
+            config.agent.log_format = LogFormat::Json;
+        }
+        config
+    }
+
+    /// A TOML file laid over [`Config::defaults`]: only the keys the file
+    /// sets replace a default.
+    pub fn layered(text: &str, container: bool) -> Result<Config, toml::de::Error> {
+        let mut config = Config::from_toml(text)?;
+        let table: toml::Table = text.parse()?;
+        let set = |section: &str, key: &str| {
+            table
+                .get(section)
+                .and_then(toml::Value::as_table)
+                .is_some_and(|t| t.contains_key(key))
+        };
+        let defaults = Config::defaults(container);
+        if !set("export", "listen") {
+            config.export.listen = defaults.export.listen;
+        }
+        if !set("agent", "log_format") {
+            config.agent.log_format = defaults.agent.log_format;
+        }
         Ok(config)
     }
 
@@ -306,6 +404,7 @@ impl Config {
             self.agent.node_name = o.node_name.clone();
         }
         set(&mut self.agent.log_level, &o.log_level);
+        set(&mut self.agent.log_format, &o.log_format);
         set(&mut self.export.listen, &o.listen);
         if o.otlp_endpoint.is_some() {
             self.export.otlp_endpoint = o.otlp_endpoint.clone();
@@ -340,6 +439,32 @@ impl Config {
         };
         if self.kubernetes.team_label.trim().is_empty() {
             return Err(invalid("kubernetes.team_label", "must not be empty"));
+        }
+        let c = &self.capture;
+        for (key, names) in [
+            ("capture.include_comms", &c.include_comms),
+            ("capture.exclude_comms", &c.exclude_comms),
+        ] {
+            if names.iter().any(|n| n.is_empty() || n.len() > 15) {
+                return Err(invalid(
+                    key,
+                    "process names are 1 to 15 bytes (the kernel's comm)",
+                ));
+            }
+        }
+        if c.include_comms.iter().any(|n| c.exclude_comms.contains(n))
+            || c.include_ports.iter().any(|p| c.exclude_ports.contains(p))
+            || c.include_cgroups
+                .iter()
+                .any(|g| c.exclude_cgroups.contains(g))
+        {
+            return Err(invalid(
+                "capture.include_*",
+                "an entry is both included and excluded",
+            ));
+        }
+        if c.include_ports.contains(&0) || c.exclude_ports.contains(&0) {
+            return Err(invalid("capture.*_ports", "port 0 is not a port"));
         }
         let blank = |m: &std::collections::BTreeMap<String, String>| {
             m.iter()
@@ -423,6 +548,26 @@ mod tests {
     }
 
     #[test]
+    fn capture_filters_are_checked() {
+        let ok = Config::from_toml(
+            "[capture]\ninclude_comms = [\"python3\"]\nexclude_ports = [22, 5432]\nexclude_cgroups = [\"system.slice/sshd.service\"]\n",
+        )
+        .unwrap();
+        ok.validate().unwrap();
+        assert_eq!(ok.capture.exclude_ports, vec![22, 5432]);
+        for bad in [
+            "[capture]\ninclude_comms = [\"a-name-longer-than-15\"]\n",
+            "[capture]\ninclude_ports = [443]\nexclude_ports = [443]\n",
+            "[capture]\nexclude_ports = [0]\n",
+        ] {
+            let config = Config::from_toml(bad).unwrap();
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains("capture."), "{bad}: {error}");
+        }
+        assert!(Config::from_toml("[capture]\nexclude_ports = [70000]\n").is_err());
+    }
+
+    #[test]
     fn file_then_flags_override_defaults() {
         let mut config = Config::from_toml(
             "[export]\nlisten = \"0.0.0.0:9000\"\notlp_endpoint = \"http://c:4317\"\n[gpu]\nusd_per_gpu_hour = 2.5\n",
@@ -479,6 +624,41 @@ mod tests {
         assert!(parse("cuda").is_err());
         let file = Config::from_toml("[gpu]\nsource = \"off\"\n").unwrap();
         assert_eq!(file.gpu.source, GpuSourceKind::None);
+    }
+
+    #[test]
+    fn a_container_listens_on_every_interface_and_logs_json_unless_told_otherwise() {
+        let host = Config::defaults(false);
+        assert_eq!(host, Config::default());
+        assert_eq!(host.export.listen, "127.0.0.1:9464".parse().unwrap());
+        assert_eq!(host.agent.log_format, LogFormat::Text);
+
+        let container = Config::defaults(true);
+        assert_eq!(container.export.listen, "0.0.0.0:9464".parse().unwrap());
+        assert_eq!(container.agent.log_format, LogFormat::Json);
+        assert_eq!(container.capture, CaptureConfig::default());
+
+        // A file that sets them wins over the container defaults; one that
+        // does not leaves them; other keys still apply.
+        let file = "[agent]\nlog_format = \"text\"\n[export]\nlisten = \"127.0.0.1:7000\"\n";
+        let config = Config::layered(file, true).unwrap();
+        assert_eq!(config.export.listen.port(), 7000);
+        assert_eq!(config.agent.log_format, LogFormat::Text);
+        let config = Config::layered("[gpu]\nusd_per_gpu_hour = 1.5\n", true).unwrap();
+        assert_eq!(config.export.listen, CONTAINER_LISTEN);
+        assert_eq!(config.agent.log_format, LogFormat::Json);
+        assert_eq!(config.gpu.usd_per_gpu_hour, 1.5);
+
+        // Env and flags win over both.
+        let mut config = Config::defaults(true);
+        let cli = Cli::parse_from(["t", "--listen", "127.0.0.1:9999", "--log-format", "text"]);
+        config.apply(&cli.o);
+        assert_eq!(config.export.listen.port(), 9999);
+        assert_eq!(config.agent.log_format, LogFormat::Text);
+
+        // A bad file is still an error naming the key, in a container too.
+        let err = Config::layered("[agent]\nlog_format = \"xml\"\n", true).unwrap_err();
+        assert!(err.to_string().contains("log_format"), "{err}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    attribution::ProcessTable,
+    attribution::{k8s::TeamKeys, HostTeams, ProcessTable},
     config::{Config, GpuSourceKind, OtlpProtocol},
     events::{decode, Event},
     export::metrics::{Metrics, GPU_SOURCE_UP},
@@ -100,8 +100,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         call_cap: config.capture.call_cap_bytes,
         capture_sockets: config.capture.sockets,
         capture_tls: config.capture.tls,
+        filters: crate::probes::Filters::from_config(&config.capture)
+            .context("resolving the capture filters")?,
     };
-    let mut probes = Probes::load(&settings).context("loading eBPF programs")?;
+    let mut probes = Probes::load(&settings).with_context(|| {
+        // Name what is missing, as `tokenscope doctor` would.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        match crate::doctor::caps::missing_summary(&status) {
+            Some(missing) => format!("loading eBPF programs: {missing}"),
+            None => "loading eBPF programs".to_string(),
+        }
+    })?;
     let ring = probes.take_events()?;
     let probes = Arc::new(Mutex::new(probes));
     tracing::info!(event = "probes_attached");
@@ -113,10 +122,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let client = kube::Client::try_default()
             .await
             .context("connecting to the Kubernetes API (in-cluster config or kubeconfig)")?;
-        let cache = crate::attribution::k8s::start(
+        let cache = crate::attribution::k8s::start_with(
             client,
             &node_name,
-            &config.kubernetes.team_label,
+            TeamKeys::from_config(&config.kubernetes),
             shutdown.clone(),
         )
         .await
@@ -165,6 +174,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ..StreamLimits::default()
         };
         let exclude = config.capture.exclude_comms.clone();
+        let host_teams = HostTeams::from(&config.teams);
         let mut streams = StreamTable::new(limits);
         streams.set_endpoint_hosts(config.capture.endpoint_hosts.clone());
         let tls = config.capture.tls;
@@ -178,7 +188,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     exporters,
                     enricher,
                     streams,
-                    procs: ProcessTable::new("/proc", 30_000_000_000, 65_536),
+                    procs: ProcessTable::new("/proc", 30_000_000_000, 65_536)
+                        .with_host_teams(host_teams),
                     exec_tx: tls.then_some(exec_tx),
                     exclude,
                     gpu,
@@ -273,7 +284,7 @@ fn start_gpu(
         }
     };
     let interval = Duration::from_millis(config.gpu.interval_ms);
-    let (rx, handle) = spawn_sampler(source, interval, stop)?;
+    let (rx, handle) = spawn_sampler(source, interval, stop, Arc::clone(metrics))?;
     let window = Duration::from_secs(config.gpu.window_s);
     let source_name = match config.gpu.source {
         GpuSourceKind::Replay => "replay",
@@ -549,11 +560,33 @@ pub(crate) fn tls_attacher(
             }
         }
     };
+    // Go executables carry their own crypto/tls; the scans collect them.
+    let attach_go = |paths: Vec<std::path::PathBuf>| {
+        for path in paths {
+            let Ok(mut p) = probes.lock() else { return };
+            match p.attach_go(&path) {
+                Ok(a) => tracing::info!(
+                    event = "tls_attached",
+                    path = %path.display(),
+                    library = "go",
+                    go_version = a.version.as_deref().unwrap_or("unknown"),
+                    lookup = a.lookup,
+                    probes = a.attached,
+                    planned = a.planned,
+                ),
+                // Go binaries without crypto/tls are common: not a warning.
+                Err(error) => {
+                    tracing::debug!(event = "go_tls_not_attached", path = %path.display(), %error)
+                }
+            }
+        }
+    };
     attach(scanner.scan_host());
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for entry in dir.flatten() {
             if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) {
                 attach(scanner.scan_pid(pid));
+                attach_go(scanner.take_go());
             }
         }
     }
@@ -580,6 +613,7 @@ pub(crate) fn tls_attacher(
             }
             due.pop();
             attach(scanner.scan_pid(pid));
+            attach_go(scanner.take_go());
         }
     }
 }

@@ -33,13 +33,23 @@ enum Command {
     Capture(CaptureArgs),
 }
 
-fn init_tracing(level: &str) {
+/// Logs to stderr at the configured level, as text or as one JSON object a
+/// line (the default in a container, for the node's log collector).
+fn init_tracing(agent: &tokenscope::config::AgentConfig) {
+    let level = &agent.log_level;
     let filter = tracing_subscriber::EnvFilter::try_new(format!("tokenscope={level},warn"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match agent.log_format {
+        tokenscope::config::LogFormat::Text => builder.init(),
+        tokenscope::config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,7 +57,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(overrides) => {
             let config = Config::load(&overrides)?;
-            init_tracing(&config.agent.log_level);
+            init_tracing(&config.agent);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

@@ -156,6 +156,20 @@ pub struct Attribution {
     /// Deployment, StatefulSet, DaemonSet, CronJob, Job, ReplicaSet or Pod.
     #[serde(default)]
     pub workload_kind: Option<String>,
+    /// Served calls: the local process that made the call, when the agent
+    /// saw its socket (same node); its team is the one charged.
+    #[serde(default)]
+    pub caller: Option<Caller>,
+}
+
+/// The process on this node that made a served call.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    pub pid: u32,
+    pub comm: String,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub team: Option<String>,
 }
 
 /// The GPU share charged to a call served on this node.

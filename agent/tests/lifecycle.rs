@@ -44,6 +44,7 @@ fn real_processes_enter_the_table_on_exec_and_leave_after_exit() {
         call_cap: defaults.call_cap_bytes,
         capture_sockets: false,
         capture_tls: false,
+        filters: Default::default(),
     })
     .expect("probes load");
     let mut ring = probes.take_events().expect("ring buffer");

@@ -17,6 +17,9 @@ pub const SSL_ACTIVE_MAP: &str = "SSL_ACTIVE";
 pub const TLS_LINKED_MAP: &str = "TLS_LINKED";
 /// Per-CPU scratch space used to build data events.
 pub const SCRATCH_MAP: &str = "SCRATCH";
+/// Go `crypto/tls` calls in flight, keyed by `[tgid, g]` (the goroutine, not
+/// the thread: a goroutine blocked in a read resumes on any thread).
+pub const GO_CALLS_MAP: &str = "GO_CALLS";
 
 /// Global set before load: the agent's own tgid, never captured.
 pub const GLOBAL_AGENT_TGID: &str = "AGENT_TGID";
@@ -27,6 +30,32 @@ pub const GLOBAL_FIRST_WINDOW: &str = "FIRST_WINDOW";
 pub const GLOBAL_CALL_CAP: &str = "CALL_CAP";
 /// Global set before load: struct field offsets read from kernel BTF.
 pub const GLOBAL_OFFSETS: &str = "OFFSETS";
+/// Global set before load: which capture filters are active ([`filter`] flags).
+pub const GLOBAL_FILTERS: &str = "FILTERS";
+/// Process names (`comm`, 16 bytes NUL-padded) → [`filter::INCLUDE`] or [`filter::EXCLUDE`].
+pub const FILTER_COMM_MAP: &str = "FILTER_COMM";
+/// Local or remote TCP port → include or exclude.
+pub const FILTER_PORT_MAP: &str = "FILTER_PORT";
+/// cgroup v2 id (the directory's inode) → include or exclude, for it and its descendants.
+pub const FILTER_CGROUP_MAP: &str = "FILTER_CGROUP";
+
+/// Capture filters pushed into the kernel: a connection or SSL call that
+/// fails them is never copied (counted as `filtered`).
+pub mod filter {
+    pub const INCLUDE: u8 = 1;
+    pub const EXCLUDE: u8 = 2;
+    /// Only listed process names are captured.
+    pub const INCLUDE_COMM: u32 = 1;
+    pub const EXCLUDE_COMM: u32 = 2;
+    /// Only connections with a listed local or remote port are captured.
+    pub const INCLUDE_PORT: u32 = 4;
+    pub const EXCLUDE_PORT: u32 = 8;
+    /// Only processes in a listed cgroup (or below it) are captured.
+    pub const INCLUDE_CGROUP: u32 = 16;
+    pub const EXCLUDE_CGROUP: u32 = 32;
+    /// How many cgroup levels above a process are compared with the lists.
+    pub const CGROUP_DEPTH: i32 = 12;
+}
 
 pub mod names {
     //! Program names, as the `#[...]` attributes in agent-ebpf declare them.
@@ -40,6 +69,13 @@ pub mod names {
     pub const SSL_ENTER: &str = "ssl_enter";
     /// Return of the same function.
     pub const SSL_LEAVE: &str = "ssl_leave";
+    /// Entry of Go's `crypto/tls.(*Conn).Write` (captures the plaintext).
+    pub const GO_TLS_WRITE: &str = "go_tls_write";
+    /// Entry of Go's `crypto/tls.(*Conn).Read` (saves the buffer).
+    pub const GO_TLS_READ: &str = "go_tls_read";
+    /// Each `RET` of Go's `(*Conn).Read` and `(*Conn).Write` (never a
+    /// uretprobe: Go moves goroutine stacks).
+    pub const GO_TLS_RET: &str = "go_tls_ret";
 }
 
 /// The attach cookie of the SSL probes: direction, where the byte count is
@@ -243,6 +279,8 @@ pub struct SslCall {
     pub ssl: u64,
     pub buf: u64,
     /// Where the library writes the byte count; 0 when the call returns it.
+    /// Go (`source == SOURCE_TLS_GO`): in [`SSL_ACTIVE_MAP`] the goroutine
+    /// (`g`) that made the call; in [`GO_CALLS_MAP`] the pid_tgid of the entry.
     pub len_ptr: u64,
     pub dir: u8,
     /// The `SOURCE_TLS_*` library kind.
@@ -290,9 +328,11 @@ pub enum Counter {
     SocketCalls = 7,
     /// SSL calls seen.
     SslCalls = 8,
+    /// Connections and SSL calls left out by the include/exclude filters.
+    Filtered = 9,
 }
 
-pub const COUNTER_COUNT: u32 = 9;
+pub const COUNTER_COUNT: u32 = 10;
 pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "ringbuf_full",
     "truncated",
@@ -303,6 +343,7 @@ pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "ssl_no_entry",
     "socket_calls",
     "ssl_calls",
+    "filtered",
 ];
 
 #[cfg(feature = "user")]

@@ -97,6 +97,9 @@ fn plain_http_calls_are_decoded_on_both_sides_and_attributed() {
     });
     let served = by_pid(&served, server.guard.0.id(), "server")[0].clone();
     assert_usage(&served, 21, 7);
+    // The server's record names the local process that made the call.
+    assert_eq!(served["caller"]["pid"], pid, "{served:#}");
+    assert_eq!(served["caller"]["comm"], "curl", "{served:#}");
     assert!(
         served["cost_usd"].is_null(),
         "self-hosted calls carry no token price"

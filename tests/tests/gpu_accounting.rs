@@ -339,6 +339,10 @@ fn missing_samples_and_nvml_errors_midway_are_not_integrated() {
         "{text}"
     );
     assert_eq!(metric(&text, "tokenscope_gpu_gaps_total", &[]), 1.0);
+    assert!(
+        text.contains("tokenscope_gpu_samples_dropped_total 0\n"),
+        "{text}"
+    );
     // The failure is logged once when it starts, and its end once.
     let log = agent.log_text();
     assert_eq!(log.matches("gpu_sampling_failed").count(), 1, "{log}");

@@ -1,8 +1,9 @@
-//! Project tasks: `cargo xtask setup | run | test | bench | fuzz`.
+//! Project tasks: `cargo xtask setup | run | test | bench | fuzz | image`.
 //!
 //! Each task first brings in what it needs (and skips what is present), and
 //! fails with a message that says what to do.
 
+mod image;
 mod setup;
 
 use std::process::Command;
@@ -46,6 +47,19 @@ enum Task {
     Fuzz {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+    },
+    /// Build the agent's container image offline (podman, or docker) and
+    /// save it as an OCI archive.
+    Image {
+        /// Cargo profile the agent is built with.
+        #[arg(long, default_value = "release")]
+        profile: String,
+        /// Image tag; the crate version by default.
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        tag: String,
+        /// Where the OCI archive is written.
+        #[arg(long, default_value = "target/tokenscope-image.tar")]
+        out: std::path::PathBuf,
     },
 }
 
@@ -142,6 +156,40 @@ fn main() -> Result<()> {
                     .args(&args),
                 "cargo bench",
             )?;
+        }
+        Task::Image { profile, tag, out } => {
+            setup::toolchain()?;
+            run_cmd(
+                Command::new("cargo").current_dir(&root).args([
+                    "build",
+                    "--profile",
+                    &profile,
+                    "-p",
+                    "tokenscope",
+                    "--bins",
+                ]),
+                "building the agent",
+            )?;
+            let dir = if profile == "dev" { "debug" } else { &profile };
+            let binary = root.join("target").join(dir).join("tokenscope");
+            let engine = image::Engine::detect(&root.join("target/podman"))?;
+            let built = image::build(
+                &engine,
+                &root.join("deploy/Containerfile"),
+                &binary,
+                &tag,
+                &root.join("target/image"),
+                &root.join(out),
+            )?;
+            eprintln!(
+                "xtask: {} saved to {} ({} MB); load it with `podman load -i` or \
+                 `ctr -n k8s.io images import`; here it runs with `podman --runtime runc \
+                 --cgroup-manager cgroupfs run {}`",
+                built.reference,
+                built.archive.display(),
+                built.archive_bytes / 1_000_000,
+                image::RUN_LIMITS.join(" ")
+            );
         }
         Task::Fuzz { seconds } => {
             setup::toolchain()?;

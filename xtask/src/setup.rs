@@ -21,6 +21,16 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "python3-venv",
     "prometheus",
+    "podman",
+    "runc",
+    "python3-yaml",
+    // A TLS stack the probes cannot decrypt (endpoint-level records) and a Go
+    // toolchain for the crypto/tls e2e.
+    "openjdk-17-jdk-headless",
+    "golang-go",
+    // Loopback load for the capture benchmarks.
+    "nginx",
+    "wrk",
 ];
 
 pub fn is_root() -> bool {

@@ -25,7 +25,8 @@ pub const NEEDED: [Capability; 5] = [
     Capability {
         name: "CAP_SYS_ADMIN",
         bit: 21,
-        needed_for: "BPF object queries and kernels before 5.8",
+        needed_for:
+            "creating the agent's BPF maps (EPERM on 6.18 without it) and kernels before 5.8",
     },
     Capability {
         name: "CAP_SYS_PTRACE",
@@ -36,7 +37,8 @@ pub const NEEDED: [Capability; 5] = [
     Capability {
         name: "CAP_DAC_READ_SEARCH",
         bit: 2,
-        needed_for: "reading files and /proc entries owned by other users",
+        needed_for:
+            "opening TLS libraries in directories root may not search (non-root containers)",
     },
 ];
 
@@ -90,6 +92,25 @@ pub fn missing(effective_caps: u64) -> Vec<Capability> {
         .into_iter()
         .filter(|cap| effective_caps & (1u64 << cap.bit) == 0)
         .collect()
+}
+
+/// One line naming the needed capabilities absent from `/proc/self/status`
+/// text and what each is for, for an error that `tokenscope run` prints when
+/// loading fails; `None` when none is missing or the text does not parse.
+pub fn missing_summary(status: &str) -> Option<String> {
+    let creds = parse_status(status).ok()?;
+    let absent = missing(creds.effective_caps);
+    if absent.is_empty() {
+        return None;
+    }
+    let named: Vec<String> = absent
+        .iter()
+        .map(|c| format!("{} ({})", c.name, c.needed_for))
+        .collect();
+    Some(format!(
+        "missing effective capabilities: {}",
+        named.join(", ")
+    ))
 }
 
 /// `(major, minor)` of a release such as `6.8.0-45-generic` or `5.15.0+`.
@@ -179,6 +200,17 @@ mod tests {
             parse_status("Uid:\t0\t0\t0\t0\nCapEffX:\t0\n"),
             Err(StatusError::Missing("CapEff"))
         );
+    }
+
+    #[test]
+    fn the_summary_names_only_what_is_missing() {
+        assert_eq!(missing_summary(ROOT_STATUS), None);
+        // The manifest's grant without SYS_ADMIN.
+        let status = "Uid:\t0\t0\t0\t0\nCapEff:\t000000c000080004\n";
+        let summary = missing_summary(status).unwrap();
+        assert!(summary.starts_with("missing effective capabilities: CAP_SYS_ADMIN ("));
+        assert!(!summary.contains("CAP_BPF"), "{summary}");
+        assert_eq!(missing_summary("garbage"), None);
     }
 
     #[test]

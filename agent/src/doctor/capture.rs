@@ -32,6 +32,7 @@ pub fn capture(host_targets: &[PathBuf]) -> Vec<Check> {
         call_cap: defaults.call_cap_bytes,
         capture_sockets: true,
         capture_tls: true,
+        filters: Default::default(),
     };
     let started = Instant::now();
     let mut probes = match Probes::load(&settings) {

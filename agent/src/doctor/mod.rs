@@ -6,7 +6,7 @@
 //! [`Report::capture_possible`]; the capability check is advice on why an
 //! attempt failed or which parts of capture degrade, so it never fails alone.
 
-mod caps;
+pub(crate) mod caps;
 mod capture;
 mod checks;
 

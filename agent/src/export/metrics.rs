@@ -58,8 +58,12 @@ pub struct LabelSet {
     pub namespace: String,
     pub pod: String,
     pub workload: String,
+    /// Deployment, StatefulSet, DaemonSet, CronJob, Job, ReplicaSet or Pod.
+    pub workload_kind: String,
     pub team: String,
     pub node: String,
+    /// The API host called (`server.address`).
+    pub server_address: String,
 }
 
 impl LabelSet {
@@ -77,8 +81,15 @@ impl LabelSet {
             namespace: text(&attr.namespace),
             pod: text(&attr.pod),
             workload: text(&attr.workload),
+            workload_kind: text(&attr.workload_kind),
             team: text(&attr.team),
             node: text(&attr.node),
+            server_address: call
+                .host
+                .as_deref()
+                .map(strip_port)
+                .unwrap_or_default()
+                .to_owned(),
         }
     }
 
@@ -96,13 +107,15 @@ impl LabelSet {
             namespace: folded(),
             pod: folded(),
             workload: folded(),
+            workload_kind: folded(),
             team: folded(),
             node: folded(),
+            server_address: folded(),
         }
     }
 
     /// `(name, value)` pairs in a fixed order, for exposition formats.
-    pub fn pairs(&self) -> [(&'static str, &str); 11] {
+    pub fn pairs(&self) -> [(&'static str, &str); 13] {
         [
             ("provider", &self.provider),
             ("request_model", &self.request_model),
@@ -113,10 +126,36 @@ impl LabelSet {
             ("namespace", &self.namespace),
             ("pod", &self.pod),
             ("workload", &self.workload),
+            ("workload_kind", &self.workload_kind),
             ("team", &self.team),
             ("node", &self.node),
+            ("server_address", &self.server_address),
         ]
     }
+}
+
+/// `host` of `host:port` (and `[v6]` of `[v6]:port`).
+fn strip_port(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+/// The OpenTelemetry `k8s.<kind>.name` attribute for a workload kind.
+pub fn workload_attribute(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "Deployment" => "k8s.deployment.name",
+        "StatefulSet" => "k8s.statefulset.name",
+        "DaemonSet" => "k8s.daemonset.name",
+        "CronJob" => "k8s.cronjob.name",
+        "Job" => "k8s.job.name",
+        "ReplicaSet" => "k8s.replicaset.name",
+        _ => return None,
+    })
 }
 
 pub fn side_str(side: Side) -> &'static str {

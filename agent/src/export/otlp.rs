@@ -591,12 +591,21 @@ pub fn metric_attributes(labels: &LabelSet) -> Vec<KeyValue> {
         ("tokenscope.workload", &labels.workload),
         ("tokenscope.team", &labels.team),
         ("k8s.node.name", &labels.node),
+        ("server.address", &labels.server_address),
+        ("tokenscope.workload.kind", &labels.workload_kind),
     ];
-    pairs
+    let mut out: Vec<KeyValue> = pairs
         .into_iter()
         .filter(|(_, value)| !value.is_empty())
         .map(|(key, value)| KeyValue::new(key, value.clone()))
-        .collect()
+        .collect();
+    // `k8s.deployment.name` (or the kind that applies) for the workload.
+    if let Some(key) = crate::export::metrics::workload_attribute(&labels.workload_kind) {
+        if !labels.workload.is_empty() {
+            out.push(KeyValue::new(key, labels.workload.clone()));
+        }
+    }
+    out
 }
 
 /// The span of one call: `{operation} {model}`, client or server kind, the record's own times.
@@ -677,6 +686,13 @@ fn span_attributes(record: &CallRecord) -> Vec<KeyValue> {
     text("k8s.node.name", &attr.node);
     text("tokenscope.workload", &attr.workload);
     text("tokenscope.team", &attr.team);
+    if let Some(key) = attr
+        .workload_kind
+        .as_deref()
+        .and_then(crate::export::metrics::workload_attribute)
+    {
+        text(key, &attr.workload);
+    }
     text("network.peer.address", &record.peer);
     if let Some(reason) = &call.finish_reason {
         out.push(KeyValue::new(

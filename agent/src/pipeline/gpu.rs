@@ -40,11 +40,14 @@ pub type Samples = mpsc::Receiver<Result<GpuSample, GpuError>>;
 /// price catalogue knows it.
 pub type GpuPriceLookup = Box<dyn Fn(&str) -> Option<f64> + Send>;
 
-/// Starts sampling `source` every `interval` on a thread; samples arrive on the receiver.
+/// Starts sampling `source` every `interval` on a thread; samples arrive on the
+/// receiver. A sample the stage has no room for is dropped and counted in
+/// `tokenscope_gpu_samples_dropped_total` (its interval then counts as a gap).
 pub fn spawn_sampler(
     mut source: Box<dyn GpuSource + Send>,
     interval: Duration,
     stop: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 ) -> std::io::Result<(Samples, thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::sync_channel(64);
     let handle = thread::Builder::new()
@@ -52,6 +55,8 @@ pub fn spawn_sampler(
         .spawn(move || {
             // Failures are logged when they start and when they end, not per round.
             let mut failing = false;
+            let mut dropped = 0u64;
+            metrics.set_agent_counter("tokenscope_gpu_samples_dropped_total", &[], 0);
             while !stop.load(Ordering::Relaxed) {
                 let result = source.sample();
                 match &result {
@@ -74,7 +79,8 @@ pub fn spawn_sampler(
                     _ => {}
                 }
                 if tx.try_send(result).is_err() {
-                    tracing::debug!(event = "gpu_sample_dropped");
+                    dropped += 1;
+                    metrics.set_agent_counter("tokenscope_gpu_samples_dropped_total", &[], dropped);
                 }
                 thread::sleep(interval);
             }
@@ -113,6 +119,25 @@ impl Owner {
             ("tokenscope.team", self.team.as_str()),
         ]
     }
+}
+
+/// Attributes of a GPU in the hardware semantic conventions: `hw.id` (its
+/// UUID), `hw.name` (`gpu<index>`, a MIG instance under its GPU), `hw.model`,
+/// `hw.vendor`, `hw.type`, and `hw.parent` (a MIG instance's GPU; empty: none).
+fn hw_attributes<'a>(
+    uuid: &'a str,
+    name: &'a str,
+    model: &'a str,
+    parent: &'a str,
+) -> [(&'static str, &'a str); 6] {
+    [
+        ("hw.id", uuid),
+        ("hw.name", name),
+        ("hw.model", model),
+        ("hw.vendor", "NVIDIA"),
+        ("hw.type", "gpu"),
+        ("hw.parent", parent),
+    ]
 }
 
 /// Where a client call's GPU share stands: on the server's own record when the
@@ -298,7 +323,8 @@ impl GpuStage {
             }
         }
         for (uuid, d) in &delta.devices {
-            let attributes = [("hw.id", uuid.as_str()), ("hw.name", d.name.as_str())];
+            let name = format!("gpu{}", d.index);
+            let attributes = hw_attributes(uuid, &name, &d.name, "");
             m.add_float(&GPU_DEVICE_SECONDS, &attributes, d.wall_seconds);
             m.add_float(&GPU_DEVICE_ENERGY, &attributes, d.energy_joules);
             m.add_float(&GPU_IDLE_SECONDS, &attributes, d.idle_seconds);
@@ -312,15 +338,18 @@ impl GpuStage {
         if let Some(sample) = self.accountant.last_sample() {
             for d in &sample.devices {
                 let parent = d.mig.as_ref().map_or("", |mig| mig.parent_uuid.as_str());
-                let attributes = [
-                    ("hw.id", d.uuid.as_str()),
-                    ("hw.name", d.name.as_str()),
-                    ("hw.parent", parent),
-                ];
+                let name = match &d.mig {
+                    Some(_) => format!("gpu{}/{}", d.index, d.uuid),
+                    None => format!("gpu{}", d.index),
+                };
+                let attributes = hw_attributes(&d.uuid, &name, &d.name, parent);
                 if let Some(util) = d.sm_util_pct.filter(|u| u.is_finite()) {
+                    // SM activity is the `general` task (encoder and decoder are others).
+                    let mut with_task = attributes.to_vec();
+                    with_task.push(("hw.gpu.task", "general"));
                     m.set_float(
                         &HW_GPU_UTILIZATION,
-                        &attributes,
+                        &with_task,
                         (util / 100.0).clamp(0.0, 1.0),
                     );
                 }

@@ -77,6 +77,27 @@ impl Enricher {
                 }
             }
         }
+        // A caller on this node, seen by its socket, is charged before any
+        // pod IP guess: it is exact, and covers processes outside pods.
+        if let Some(peer) = &meta.caller {
+            let info = procs.lookup(peer.pid, &peer.comm, peer.cgroup_id);
+            let mut who = attribute(info, peer.pid, &peer.comm, self.node.as_deref());
+            if let Some(pods) = &self.pods {
+                if let Some(pod) = who.pod_uid.as_deref().and_then(|uid| pods.by_uid(uid)) {
+                    apply_pod(&mut who, pod);
+                }
+            }
+            if who.team.is_some() {
+                attribution.team = who.team.clone();
+            }
+            attribution.caller = Some(crate::record::Caller {
+                pid: peer.pid,
+                comm: peer.comm.clone(),
+                namespace: who.namespace,
+                pod: who.pod,
+                team: who.team,
+            });
+        }
         let cost_usd = match self.pricer.price_call(meta.side, &call) {
             CallPrice::Priced(cost) => Some(cost.usd()),
             CallPrice::Unpriced | CallPrice::SelfHosted => None,
@@ -152,6 +173,7 @@ mod tests {
                 remote: remote.parse().unwrap(),
             }),
             authority: None,
+            caller: None,
         };
         let mut procs = ProcessTable::new("/proc", 0, 10);
         // embed-nightly (team nlp) at 10.244.1.23 calls the server.
@@ -202,6 +224,7 @@ mod tests {
             tls: None,
             endpoints: None,
             authority: None,
+            caller: None,
         };
         for pods in [None, Some(PodCache::new("team"))] {
             let enricher = Enricher {

@@ -1,6 +1,7 @@
 //! Loading and attaching the eBPF programs. The only module that touches aya.
 
 mod btf;
+pub mod gosym;
 pub mod placement;
 pub mod tls;
 
@@ -16,8 +17,9 @@ use aya::{
 };
 use tokenscope_common::{
     names, ConnState, CONN_STATE_MAP, COUNTERS_MAP, COUNTER_COUNT, COUNTER_NAMES, EVENTS_MAP,
-    GLOBAL_AGENT_TGID, GLOBAL_CALL_CAP, GLOBAL_FIRST_WINDOW, GLOBAL_OFFSETS, VERDICT_CAPTURE,
-    VERDICT_CIPHER, VERDICT_MUTED,
+    FILTER_CGROUP_MAP, FILTER_COMM_MAP, FILTER_PORT_MAP, GLOBAL_AGENT_TGID, GLOBAL_CALL_CAP,
+    GLOBAL_FILTERS, GLOBAL_FIRST_WINDOW, GLOBAL_OFFSETS, VERDICT_CAPTURE, VERDICT_CIPHER,
+    VERDICT_MUTED,
 };
 
 pub use btf::{kernel_offsets, BtfError};
@@ -50,6 +52,8 @@ pub enum ProbeError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("cgroup {0:?} not found (give a path under the cgroup v2 hierarchy)")]
+    Cgroup(String),
     #[error("cannot read {path}")]
     Read {
         path: std::path::PathBuf,
@@ -61,6 +65,12 @@ pub enum ProbeError {
         path: std::path::PathBuf,
         #[source]
         source: placement::PlacementError,
+    },
+    #[error("cannot place Go TLS probes in {path}")]
+    GoPlacement {
+        path: std::path::PathBuf,
+        #[source]
+        source: gosym::GoSymError,
     },
     #[error("map {name}")]
     Map {
@@ -77,6 +87,84 @@ pub struct LoadSettings {
     pub call_cap: u32,
     pub capture_sockets: bool,
     pub capture_tls: bool,
+    pub filters: Filters,
+}
+
+/// Include/exclude lists pushed into the kernel. An empty include list
+/// includes everything.
+#[derive(Clone, Debug, Default)]
+pub struct Filters {
+    pub include_comms: Vec<String>,
+    pub exclude_comms: Vec<String>,
+    pub include_ports: Vec<u16>,
+    pub exclude_ports: Vec<u16>,
+    /// cgroup v2 ids (directory inodes); descendants match too.
+    pub include_cgroups: Vec<u64>,
+    pub exclude_cgroups: Vec<u64>,
+}
+
+impl Filters {
+    /// The lists of the `[capture]` config, cgroup paths resolved to ids.
+    pub fn from_config(c: &crate::config::CaptureConfig) -> Result<Filters, ProbeError> {
+        let ids = |paths: &[String]| -> Result<Vec<u64>, ProbeError> {
+            paths.iter().map(|p| cgroup_id(p)).collect()
+        };
+        Ok(Filters {
+            include_comms: c.include_comms.clone(),
+            exclude_comms: c.exclude_comms.clone(),
+            include_ports: c.include_ports.clone(),
+            exclude_ports: c.exclude_ports.clone(),
+            include_cgroups: ids(&c.include_cgroups)?,
+            exclude_cgroups: ids(&c.exclude_cgroups)?,
+        })
+    }
+
+    /// The `filter::*` flags of the lists that are set.
+    pub fn flags(&self) -> u32 {
+        use tokenscope_common::filter::*;
+        let mut flags = 0;
+        for (set, flag) in [
+            (!self.include_comms.is_empty(), INCLUDE_COMM),
+            (!self.exclude_comms.is_empty(), EXCLUDE_COMM),
+            (!self.include_ports.is_empty(), INCLUDE_PORT),
+            (!self.exclude_ports.is_empty(), EXCLUDE_PORT),
+            (!self.include_cgroups.is_empty(), INCLUDE_CGROUP),
+            (!self.exclude_cgroups.is_empty(), EXCLUDE_CGROUP),
+        ] {
+            if set {
+                flags |= flag;
+            }
+        }
+        flags
+    }
+}
+
+/// A process name as the kernel stores it: at most 15 bytes, NUL-padded.
+pub fn comm_key(name: &str) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    for (slot, byte) in key.iter_mut().zip(name.bytes().take(15)) {
+        *slot = byte;
+    }
+    key
+}
+
+/// The cgroup v2 id of a cgroup directory: an absolute path, or one
+/// relative to the v2 hierarchy (`/sys/fs/cgroup`, or its `unified` mount
+/// on hybrid hosts).
+pub fn cgroup_id(path: &str) -> Result<u64, ProbeError> {
+    use std::os::unix::fs::MetadataExt;
+    let relative = path.trim_start_matches('/');
+    let candidates = [
+        std::path::PathBuf::from(path),
+        std::path::Path::new("/sys/fs/cgroup/unified").join(relative),
+        std::path::Path::new("/sys/fs/cgroup").join(relative),
+    ];
+    candidates
+        .iter()
+        .filter(|p| p.is_absolute() && p.is_dir())
+        .find_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.ino())
+        .ok_or_else(|| ProbeError::Cgroup(path.to_string()))
 }
 
 /// Loaded and attached programs. Dropping it detaches everything.
@@ -85,6 +173,7 @@ pub struct Probes {
     verdicts: HashMap<MapData, u64, ConnState>,
     counters: PerCpuArray<MapData, u64>,
     ssl_loaded: bool,
+    go_loaded: bool,
 }
 
 impl Probes {
@@ -110,6 +199,7 @@ impl Probes {
             .override_global(GLOBAL_FIRST_WINDOW, &settings.first_window, true)
             .override_global(GLOBAL_CALL_CAP, &settings.call_cap, true)
             .override_global(GLOBAL_OFFSETS, &offsets, true)
+            .override_global(GLOBAL_FILTERS, &settings.filters.flags(), true)
             .load(OBJECT)
             .map_err(ProbeError::Load)?;
         tracing::debug!(
@@ -139,6 +229,7 @@ impl Probes {
                 );
             }
         }
+        fill_filters(&mut ebpf, &settings.filters)?;
         let verdicts = take_map(&mut ebpf, CONN_STATE_MAP, "CONN_STATE")?;
         let counters = take_map(&mut ebpf, COUNTERS_MAP, "COUNTERS")?;
         Ok(Probes {
@@ -146,6 +237,7 @@ impl Probes {
             verdicts,
             counters,
             ssl_loaded: false,
+            go_loaded: false,
         })
     }
 
@@ -252,6 +344,76 @@ impl Probes {
     }
 }
 
+impl Probes {
+    /// Attaches the Go `crypto/tls` probes to one Go executable: the entries
+    /// of `(*Conn).Write` and `(*Conn).Read` and every `RET` of both (see
+    /// [`gosym`]; never uretprobes on Go).
+    pub fn attach_go(&mut self, target: &std::path::Path) -> Result<GoAttach, ProbeError> {
+        if !self.go_loaded {
+            for name in [names::GO_TLS_WRITE, names::GO_TLS_READ, names::GO_TLS_RET] {
+                let prog: &mut UProbe = program(&mut self.ebpf, name)?;
+                prog.load()
+                    .map_err(|source| prog_err(name, "load", source))?;
+            }
+            self.go_loaded = true;
+        }
+        let data = std::fs::read(target).map_err(|source| ProbeError::Read {
+            path: target.to_path_buf(),
+            source,
+        })?;
+        let plan = gosym::plan(&data).map_err(|source| ProbeError::GoPlacement {
+            path: target.to_path_buf(),
+            source,
+        })?;
+        drop(data);
+        let points = [
+            (names::GO_TLS_WRITE, std::slice::from_ref(&plan.write_entry)),
+            (names::GO_TLS_READ, std::slice::from_ref(&plan.read_entry)),
+            (names::GO_TLS_RET, plan.write_rets.as_slice()),
+            (names::GO_TLS_RET, plan.read_rets.as_slice()),
+        ];
+        let mut attached = 0;
+        let mut planned = 0;
+        for (name, offsets) in points {
+            let prog: &mut UProbe = program(&mut self.ebpf, name)?;
+            for &offset in offsets {
+                planned += 1;
+                let point = UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(offset),
+                    cookie: None,
+                };
+                match prog.attach(point, target, UProbeScope::AllProcesses) {
+                    Ok(_) => attached += 1,
+                    Err(source) => tracing::debug!(
+                        target_path = %target.display(),
+                        program = name,
+                        offset,
+                        error = %source,
+                        "uprobe not attached"
+                    ),
+                }
+            }
+        }
+        Ok(GoAttach {
+            attached,
+            planned,
+            version: plan.version,
+            lookup: plan.lookup.as_str(),
+        })
+    }
+}
+
+/// What [`Probes::attach_go`] did to one executable.
+#[derive(Clone, Debug)]
+pub struct GoAttach {
+    pub attached: usize,
+    pub planned: usize,
+    /// The Go release that built it, from its build info.
+    pub version: Option<String>,
+    /// `symtab`, or `gopclntab` for a stripped binary.
+    pub lookup: &'static str,
+}
+
 /// How often each library function (read or write) was probed on the
 /// internal function, and how often on the symbols' entries (the fallback).
 static SSL_PLACEMENTS: [std::sync::atomic::AtomicU64; 2] = [
@@ -280,6 +442,53 @@ pub struct SslAttach {
     pub read: placement::Placement,
     pub write: placement::Placement,
     pub library: &'static str,
+}
+
+/// Writes the include/exclude lists into the kernel's filter maps.
+fn fill_filters(ebpf: &mut Ebpf, f: &Filters) -> Result<(), ProbeError> {
+    use tokenscope_common::filter::{EXCLUDE, INCLUDE};
+    let map_err = |name: &'static str| move |source| ProbeError::Map { name, source };
+    {
+        let mut comms: HashMap<_, [u8; 16], u8> = HashMap::try_from(
+            ebpf.map_mut(FILTER_COMM_MAP)
+                .ok_or(ProbeError::MissingMap("FILTER_COMM"))?,
+        )
+        .map_err(map_err("FILTER_COMM"))?;
+        for (names, value) in [(&f.include_comms, INCLUDE), (&f.exclude_comms, EXCLUDE)] {
+            for name in names {
+                comms
+                    .insert(comm_key(name), value, 0)
+                    .map_err(map_err("FILTER_COMM"))?;
+            }
+        }
+    }
+    {
+        let mut ports: HashMap<_, u16, u8> = HashMap::try_from(
+            ebpf.map_mut(FILTER_PORT_MAP)
+                .ok_or(ProbeError::MissingMap("FILTER_PORT"))?,
+        )
+        .map_err(map_err("FILTER_PORT"))?;
+        for (list, value) in [(&f.include_ports, INCLUDE), (&f.exclude_ports, EXCLUDE)] {
+            for port in list {
+                ports
+                    .insert(*port, value, 0)
+                    .map_err(map_err("FILTER_PORT"))?;
+            }
+        }
+    }
+    let mut cgroups: HashMap<_, u64, u8> = HashMap::try_from(
+        ebpf.map_mut(FILTER_CGROUP_MAP)
+            .ok_or(ProbeError::MissingMap("FILTER_CGROUP"))?,
+    )
+    .map_err(map_err("FILTER_CGROUP"))?;
+    for (list, value) in [(&f.include_cgroups, INCLUDE), (&f.exclude_cgroups, EXCLUDE)] {
+        for id in list {
+            cgroups
+                .insert(*id, value, 0)
+                .map_err(map_err("FILTER_CGROUP"))?;
+        }
+    }
+    Ok(())
 }
 
 fn prog_err(

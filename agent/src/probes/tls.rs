@@ -30,14 +30,29 @@ pub use crate::events::tls_library_name as library_name;
 #[derive(Default)]
 pub struct TlsScanner {
     seen: HashSet<(u64, u64)>,
+    warned_denied: bool,
+    /// Go executables found by [`TlsScanner::scan_pid`], for [`TlsScanner::take_go`].
+    go: Vec<PathBuf>,
 }
 
 impl TlsScanner {
     /// New targets mapped by `pid`, as paths through `/proc/<pid>/root` so
     /// that files inside containers resolve.
     pub fn scan_pid(&mut self, pid: u32) -> Vec<PathBuf> {
-        let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else {
-            return Vec::new();
+        let maps = match fs::read_to_string(format!("/proc/{pid}/maps")) {
+            Ok(maps) => maps,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::PermissionDenied && !self.warned_denied {
+                    self.warned_denied = true;
+                    tracing::warn!(
+                        event = "tls_scan_denied",
+                        pid,
+                        "cannot read /proc/<pid>/maps of other processes (needs CAP_SYS_PTRACE): \
+                         TLS libraries they map are not probed"
+                    );
+                }
+                return Vec::new();
+            }
         };
         let mut found = Vec::new();
         let mut paths: Vec<&str> = maps
@@ -67,11 +82,19 @@ impl TlsScanner {
             if !self.seen.insert((meta.dev(), meta.ino())) {
                 continue;
             }
-            if is_libssl || exports_ssl_write(&full) {
-                found.push(full);
+            match (is_libssl, inspect_executable(&full)) {
+                (true, _) | (false, Some(Executable::Ssl)) => found.push(full),
+                (false, Some(Executable::Go)) => self.go.push(full),
+                (false, None) => {}
             }
         }
         found
+    }
+
+    /// Go executables (Go's own `crypto/tls`) found by the scans since the
+    /// last call, each file once.
+    pub fn take_go(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.go)
     }
 
     /// Libraries present on the host (or in the agent's root) whether or not
@@ -118,6 +141,32 @@ impl TlsScanner {
     }
 }
 
+enum Executable {
+    /// Exports `SSL_write` (OpenSSL or BoringSSL inside).
+    Ssl,
+    /// Built by Go: its `crypto/tls` is probed instead.
+    Go,
+}
+
+/// What TLS an executable or library carries, reading the file once.
+fn inspect_executable(path: &Path) -> Option<Executable> {
+    // Only the headers, section table and dynamic symbols are read, not the
+    // whole file: the start-up scan meets every executable on the node,
+    // some of them hundreds of megabytes.
+    let cache = object::ReadCache::new(fs::File::open(path).ok()?);
+    let file = object::File::parse(&cache).ok()?;
+    if file
+        .dynamic_symbols()
+        .any(|s| s.is_definition() && s.name() == Ok("SSL_write"))
+    {
+        Some(Executable::Ssl)
+    } else if super::gosym::is_go(&file) {
+        Some(Executable::Go)
+    } else {
+        None
+    }
+}
+
 /// Whether an ELF file exports `SSL_write` in its dynamic symbols.
 pub fn exports_ssl_write(path: &Path) -> bool {
     // Executables without OpenSSL are the common case; skip huge reads of
@@ -159,6 +208,22 @@ mod tests {
             scanner.scan_host().is_empty(),
             "same inode is reported once"
         );
+    }
+
+    #[test]
+    fn go_executables_are_told_apart() {
+        let Ok(go) = fs::canonicalize("/usr/lib/go/bin/go") else {
+            assert!(
+                std::env::var("CI").is_err(),
+                "`go` is missing: install golang-go"
+            );
+            return;
+        };
+        // `go` itself is built by Go.
+        assert!(matches!(inspect_executable(&go), Some(Executable::Go)));
+        assert!(inspect_executable(Path::new("/bin/sh")).is_none());
+        assert!(inspect_executable(Path::new("/etc/hostname")).is_none());
+        assert!(inspect_executable(Path::new("/nonexistent")).is_none());
     }
 
     #[test]

@@ -491,7 +491,10 @@ impl Exchange {
                 streaming = true;
                 p.finish();
                 stats.oversized_items += p.oversized_events();
-                end_seen &= self.obs.terminal;
+                // The stream's own end marker is what completes it: a client
+                // that closes right after `[DONE]`, before the transport's
+                // last chunk, still got the whole answer.
+                end_seen = self.obs.terminal;
             }
             Framing::Lines(mut l) => {
                 streaming = true;
@@ -503,12 +506,12 @@ impl Exchange {
                     }
                 });
                 stats.oversized_items += l.oversized();
-                end_seen &= self.obs.terminal;
+                end_seen = self.obs.terminal;
             }
             Framing::Array(a) => {
                 streaming = true;
                 stats.oversized_items += a.oversized();
-                end_seen &= a.closed() || self.obs.terminal;
+                end_seen = a.closed() || self.obs.terminal;
             }
         }
         if !success && status.is_some() && error_type.is_none() {

@@ -730,3 +730,50 @@ fn usage_is_read_from_the_end_of_a_body_cut_at_its_bound() {
         assert_eq!((asm.stats().truncated_bodies, asm.stats().bad_json), (1, 0));
     }
 }
+
+#[test]
+fn a_stream_closed_after_its_end_marker_is_complete() {
+    // The openai SDK closes the connection right after `[DONE]`, before the
+    // chunked body's last chunk: the answer was whole all the same.
+    let mut evs = request(
+        "/v1/chat/completions",
+        "POST",
+        "api.openai.com",
+        r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#,
+    );
+    evs.extend(streamed_response(
+        "text/event-stream",
+        &[
+            "data: {\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"Hi\"},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: {\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n",
+        ],
+        HttpEvent::Abort {
+            stream: 0,
+            reason: AbortReason::Closed,
+            ts_ns: 99,
+        },
+    ));
+    let call = single_call(evs);
+    assert_eq!(call.error_type, None);
+    assert_eq!(
+        (call.usage.input_tokens, call.usage.output_tokens),
+        (Some(5), Some(1))
+    );
+    // Cut before `[DONE]`, the same stream is incomplete.
+    let mut evs = request(
+        "/v1/chat/completions",
+        "POST",
+        "api.openai.com",
+        r#"{"model":"gpt-4o","stream":true,"messages":[]}"#,
+    );
+    evs.extend(streamed_response(
+        "text/event-stream",
+        &["data: {\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n"],
+        HttpEvent::Abort {
+            stream: 0,
+            reason: AbortReason::Closed,
+            ts_ns: 99,
+        },
+    ));
+    assert_eq!(single_call(evs).error_type.as_deref(), Some("incomplete"));
+}

@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Api, Attribution, CallRecord, GpuShare, GpuShareStatus, LlmCall, Provider, Side, Usage,
+    Api, Attribution, CallRecord, Caller, GpuShare, GpuShareStatus, LlmCall, Provider, Side, Usage,
 };
 
 /// One call, as exported.
@@ -69,6 +69,9 @@ pub struct Event {
     pub container_id: Option<String>,
     pub k8s: K8s,
     pub team: Option<String>,
+    /// Served calls: the local process that made the call, when seen.
+    #[serde(default)]
+    pub caller: Option<Caller>,
     /// The peer's address (`ip:port`).
     #[serde(default)]
     pub peer: Option<String>,
@@ -244,6 +247,7 @@ impl From<CallRecord> for Event {
                 node: a.node,
             },
             team: a.team,
+            caller: a.caller,
             peer: r.peer,
             local: r.local,
             cost_usd: r.cost_usd,
@@ -333,6 +337,7 @@ impl TryFrom<Event> for CallRecord {
                 systemd_unit: e.systemd_unit,
                 container: e.k8s.container,
                 workload_kind: e.k8s.workload_kind,
+                caller: e.caller,
             },
             peer: e.peer,
             local: e.local,

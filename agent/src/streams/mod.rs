@@ -61,6 +61,17 @@ pub struct ConnMeta {
     pub endpoints: Option<Endpoints>,
     /// Server name from the HTTP `Host` / `:authority`, when known.
     pub authority: Option<String>,
+    /// Served calls: the local process whose socket is this connection's
+    /// peer (a client on the same node), when the agent saw it.
+    pub caller: Option<LocalPeer>,
+}
+
+/// A process on this node, by the socket it owns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalPeer {
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
 }
 
 /// What the table asks of the rest of the agent.
@@ -123,7 +134,10 @@ pub enum Tapped {
         lost: u64,
     },
     /// A request or response head, as the parser read it.
-    Head { meta: ConnMeta, event: Box<HttpEvent> },
+    Head {
+        meta: ConnMeta,
+        event: Box<HttpEvent>,
+    },
 }
 
 #[derive(Default)]
@@ -170,7 +184,13 @@ pub struct StreamTable {
     tap: bool,
     /// Hosts beyond the shipped list whose TLS connections make endpoint records.
     endpoint_hosts: Vec<String>,
+    /// Local socket address → the process that owns it, its connection id,
+    /// and when that connection closed: names the caller of a served call.
+    sockets: HashMap<std::net::SocketAddr, (LocalPeer, u64, Option<u64>)>,
 }
+
+/// How long a closed connection's owner stays known to its peer's calls.
+const SOCKET_GRACE_NS: u64 = 5_000_000_000;
 
 const SNIFF_MAX: usize = 64;
 
@@ -184,6 +204,36 @@ impl StreamTable {
             stats: StreamStats::default(),
             tap: false,
             endpoint_hosts: Vec::new(),
+            sockets: HashMap::new(),
+        }
+    }
+
+    /// Remembers who owns a local socket address.
+    fn own_socket(&mut self, ep: Endpoints, conn_id: u64, pid: u32, comm: &str, cgroup_id: u64) {
+        if self.sockets.len() >= self.limits.max_connections * 2 {
+            return;
+        }
+        let peer = LocalPeer {
+            pid,
+            comm: comm.to_string(),
+            cgroup_id,
+        };
+        self.sockets.insert(ep.local, (peer, conn_id, None));
+    }
+
+    /// Names the local caller of each served call pushed since `from`.
+    fn fill_callers(&self, out: &mut Output, from: usize) {
+        for (meta, _) in out.calls.iter_mut().skip(from) {
+            if meta.side != Side::Server || meta.caller.is_some() {
+                continue;
+            }
+            if let Some(ep) = meta.endpoints {
+                meta.caller = self
+                    .sockets
+                    .get(&ep.remote)
+                    .filter(|(peer, _, _)| peer.pid != meta.pid)
+                    .map(|(peer, _, _)| peer.clone());
+            }
         }
     }
 
@@ -225,7 +275,16 @@ impl StreamTable {
     }
 
     pub fn on_data(&mut self, data: Data, out: &mut Output) {
+        let from = out.calls.len();
+        self.on_data_inner(data, out);
+        self.fill_callers(out, from);
+    }
+
+    fn on_data_inner(&mut self, data: Data, out: &mut Output) {
         if !self.conns.contains_key(&data.conn_id) {
+            if let (Source::Socket, Some(ep)) = (data.source, data.endpoints) {
+                self.own_socket(ep, data.conn_id, data.pid, &data.comm, data.cgroup_id);
+            }
             if self.conns.len() >= self.limits.max_connections {
                 self.evict_oldest(data.ts_ns, out);
             }
@@ -249,6 +308,7 @@ impl StreamTable {
                         },
                         endpoints,
                         authority: None,
+                        caller: None,
                     },
                     phase: Phase::Sniffing(Vec::new(), data.flow),
                     cursors: Default::default(),
@@ -344,6 +404,19 @@ impl StreamTable {
         received: u64,
         out: &mut Output,
     ) {
+        let from = out.calls.len();
+        self.on_close_inner(conn_id, ts_ns, sent, received, out);
+        self.fill_callers(out, from);
+    }
+
+    fn on_close_inner(
+        &mut self,
+        conn_id: u64,
+        ts_ns: u64,
+        sent: u64,
+        received: u64,
+        out: &mut Output,
+    ) {
         let decrypted = self.ssl_by_sock.contains_key(&conn_id);
         if let Some(conn) = self.conns.get(&conn_id) {
             if let Phase::Tls {
@@ -382,6 +455,12 @@ impl StreamTable {
 
     /// A process exited: its SSL objects are gone too.
     pub fn on_exit(&mut self, pid: u32, ts_ns: u64, out: &mut Output) {
+        let from = out.calls.len();
+        self.on_exit_inner(pid, ts_ns, out);
+        self.fill_callers(out, from);
+    }
+
+    fn on_exit_inner(&mut self, pid: u32, ts_ns: u64, out: &mut Output) {
         let ids: Vec<u64> = self
             .conns
             .iter()
@@ -396,6 +475,16 @@ impl StreamTable {
 
     /// Closes connections idle for longer than the limit.
     pub fn sweep(&mut self, now_ns: u64, out: &mut Output) {
+        let from = out.calls.len();
+        self.sweep_inner(now_ns, out);
+        self.fill_callers(out, from);
+        // Owners of closed sockets are forgotten after a grace period.
+        self.sockets.retain(|_, (_, _, closed)| {
+            closed.is_none_or(|t| now_ns.saturating_sub(t) < SOCKET_GRACE_NS)
+        });
+    }
+
+    fn sweep_inner(&mut self, now_ns: u64, out: &mut Output) {
         let idle = self.limits.idle_ns;
         let ids: Vec<u64> = self
             .conns
@@ -425,6 +514,13 @@ impl StreamTable {
         let Some(mut conn) = self.conns.remove(&conn_id) else {
             return;
         };
+        if let Some(ep) = conn.meta.endpoints {
+            if let Some(entry) = self.sockets.get_mut(&ep.local) {
+                if entry.1 == conn_id {
+                    entry.2 = Some(ts_ns);
+                }
+            }
+        }
         if let Phase::Http {
             parser, assembler, ..
         } = &mut conn.phase
@@ -657,5 +753,79 @@ fn drain(conn: &mut Conn, stats: &mut StreamStats, tap: bool, out: &mut Output) 
     for call in calls {
         stats.calls += 1;
         out.calls.push((conn.meta.clone(), call));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(pid: u32, conn_id: u64, local: &str, remote: &str, flow: Flow, bytes: &[u8]) -> Data {
+        Data {
+            source: Source::Socket,
+            flow,
+            pid,
+            tid: pid,
+            conn_id,
+            ts_ns: 1_000,
+            cgroup_id: 1,
+            comm: format!("p{pid}"),
+            endpoints: Some(Endpoints {
+                local: local.parse().unwrap(),
+                remote: remote.parse().unwrap(),
+            }),
+            call_len: bytes.len() as u32,
+            offset: 0,
+            rest_lost: false,
+            payload: bytes.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_served_call_names_the_local_process_that_made_it() {
+        let request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost:8000\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n{\"model\":\"llama\"}";
+        let body =
+            r#"{"model":"llama","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#;
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (client, server) = ("127.0.0.1:50000", "127.0.0.1:8000");
+        let mut table = StreamTable::new(StreamLimits::default());
+        let mut out = Output::default();
+        // The client (pid 10) sends; the server (pid 20) receives and answers.
+        table.on_data(data(10, 1, client, server, Flow::Egress, request), &mut out);
+        table.on_data(
+            data(20, 2, server, client, Flow::Ingress, request),
+            &mut out,
+        );
+        table.on_data(
+            data(20, 2, server, client, Flow::Egress, response.as_bytes()),
+            &mut out,
+        );
+        table.on_data(
+            data(10, 1, client, server, Flow::Ingress, response.as_bytes()),
+            &mut out,
+        );
+        let served: Vec<_> = out
+            .calls
+            .iter()
+            .filter(|(m, _)| m.side == Side::Server)
+            .collect();
+        assert_eq!(served.len(), 1, "{:?}", out.calls);
+        let caller = served[0].0.caller.as_ref().expect("caller named");
+        assert_eq!((caller.pid, caller.comm.as_str()), (10, "p10"));
+        // The client's own record names no caller.
+        assert!(out
+            .calls
+            .iter()
+            .filter(|(m, _)| m.side == Side::Client)
+            .all(|(m, _)| m.caller.is_none()));
+
+        // Once the client's socket is closed and the grace period is over, it is forgotten.
+        table.on_close(1, 2_000, 0, 0, &mut out);
+        table.on_close(2, 2_000, 0, 0, &mut out);
+        table.sweep(2_000 + SOCKET_GRACE_NS + 1, &mut out);
+        assert!(table.sockets.is_empty());
     }
 }

@@ -148,7 +148,8 @@ pub fn is_ai_endpoint(host: &str, extra: &[String]) -> bool {
                 .is_some_and(|prefix| prefix.ends_with('.'))
     };
     crate::providers::provider_for_host(&host).is_some()
-        || host.contains(".bedrock-runtime.")
+        || ((host.starts_with("bedrock-runtime") || host.contains(".bedrock-runtime"))
+            && host.ends_with(".amazonaws.com"))
         || AI_ENDPOINT_HOSTS.iter().any(|d| matches(d))
         || extra.iter().any(|d| matches(d))
 }

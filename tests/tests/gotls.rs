@@ -1,0 +1,122 @@
+//! Go `crypto/tls` end to end: a Go client built here with `go build` (with
+//! symbols, and stripped so the probes are placed through `.gopclntab`)
+//! calls the local fake LLM server over TLS, plain and streamed, and the
+//! agent's records must carry the Go process, `tls: "go"`, the exact token
+//! counts, the model and the status. Needs root (loads eBPF).
+
+use std::{path::PathBuf, process::Command};
+
+use serde_json::Value;
+use tokenscope_tests::*;
+
+/// Builds the test client; `None` (a skip) when `go` is missing, except
+/// under CI, where a missing toolchain fails the test.
+fn build_client(dir: &TempDir, name: &str, stripped: bool) -> Option<PathBuf> {
+    let out = dir.path().join(name);
+    let mut cmd = Command::new("go");
+    cmd.arg("build").arg("-o").arg(&out);
+    if stripped {
+        cmd.arg("-ldflags=-s -w");
+    }
+    cmd.arg("main.go")
+        .current_dir(root().join("tests/go/tlsclient"))
+        // Offline: the client uses the standard library only.
+        .env("GOPROXY", "off");
+    match cmd.output() {
+        Ok(o) if o.status.success() => Some(out),
+        Ok(o) => panic!("go build failed: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "`go` is missing ({e}): install golang-go (apt-get install -y golang-go)"
+            );
+            eprintln!("skipping: `go` is missing ({e}); install golang-go");
+            None
+        }
+    }
+}
+
+fn run_client(bin: &PathBuf, base: &str, mode: &str) -> u32 {
+    let child = Command::new(bin)
+        // The agent attaches to a new executable within a second of its
+        // exec; the client waits that long before its call.
+        .args([base, mode, "1500"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("go client");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("go client output");
+    assert!(
+        out.status.success(),
+        "go client {mode}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pid
+}
+
+fn one(agent: &Agent, what: &str, pid: u32) -> Value {
+    let records = agent.wait_records(what, |r| !by_pid(r, pid, "client").is_empty());
+    let mine = by_pid(&records, pid, "client");
+    assert_eq!(
+        mine.len(),
+        1,
+        "{what}: one client record for pid {pid}: {mine:#?}"
+    );
+    mine[0].clone()
+}
+
+#[test]
+fn go_crypto_tls_calls_are_captured_with_and_without_symbols() {
+    if !ebpf_available() {
+        return;
+    }
+    let dir = TempDir::new("gotls");
+    let Some(full) = build_client(&dir, "gotls-full", false) else {
+        return;
+    };
+    let stripped = build_client(&dir, "gotls-stripped", true).expect("go is present");
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = LlmServer::start(true);
+    let agent = Agent::start(&[]);
+    let base = server.base();
+
+    for (bin, comm, lookup) in [
+        (&full, "gotls-full", "symtab"),
+        (&stripped, "gotls-stripped", "gopclntab"),
+    ] {
+        for mode in ["plain", "stream"] {
+            let pid = run_client(bin, &base, mode);
+            let what = format!("{comm} {mode}");
+            let r = one(&agent, &what, pid);
+            assert_eq!(r["process"]["comm"], comm, "{what}: {r:#}");
+            assert_eq!(r["tls"], "go", "{what}: {r:#}");
+            assert_eq!(r["input_tokens"], 21, "{what}: {r:#}");
+            assert_eq!(r["output_tokens"], 7, "{what}: {r:#}");
+            assert_eq!(r["usage_source"], "reported", "{what}: {r:#}");
+            assert_eq!(r["request_model"], "gpt-4o-mini", "{what}: {r:#}");
+            assert_eq!(
+                r["response_model"], "gpt-4o-mini-2025-01-01",
+                "{what}: {r:#}"
+            );
+            assert_eq!(r["http_status"], 200, "{what}: {r:#}");
+            assert_eq!(r["stream"], mode == "stream", "{what}: {r:#}");
+            assert_eq!(r["response_id"], "chatcmpl-1", "{what}: {r:#}");
+            // The conn was tied to its socket: the record has the peer.
+            let peer = r["peer"].as_str().unwrap_or_default();
+            assert!(
+                peer.ends_with(&format!(":{}", server.port)),
+                "{what}: peer {peer:?} is the server's socket: {r:#}"
+            );
+        }
+        let log = agent.log_text();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("tls_attached") && l.contains(comm) && l.contains(lookup)),
+            "{comm}: attached through {lookup}; log:\n{}",
+            tail(&log, 40)
+        );
+    }
+    let events = std::fs::read_to_string(&agent.events).expect("events");
+    assert!(!events.contains("SECRET"), "an API key leaked");
+}
