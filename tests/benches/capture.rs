@@ -44,8 +44,17 @@ use tokenscope_tests::{ebpf_available, root, Agent, Guard, SERIAL};
 #[path = "capture/loads.rs"]
 mod loads;
 
-/// Off/on pairs; each on-block starts the agent afresh.
+/// Off/on pairs; each on-block starts the agent afresh. On a noisy machine
+/// more pairs help: `TOKENSCOPE_BENCH_ROUNDS=6 cargo bench ... -- loads`
+/// (a filter that matches no criterion benchmark runs only the loads).
 const ROUNDS: usize = 2;
+
+fn rounds() -> usize {
+    std::env::var("TOKENSCOPE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(ROUNDS)
+}
 /// Criterion's samples per benchmark (its minimum).
 const SAMPLES: usize = 10;
 const PAYLOAD: usize = 1024;
@@ -468,7 +477,10 @@ fn measured(blocks: &[Vec<f64>]) -> Vec<f64> {
 
 fn print_ratios(samples: &Samples) {
     let samples = samples.lock().expect("samples");
-    println!("\nagent on / agent off, medians of {ROUNDS} alternating blocks each:");
+    println!(
+        "\nagent on / agent off, medians of {} alternating blocks each:",
+        rounds()
+    );
     println!(
         "{:<12} {:>14} {:>14} {:>8} {:>12}   per block (off | on)",
         "workload", "off ns/op", "on ns/op", "on/off", "+ns/op"
@@ -516,7 +528,7 @@ fn main() {
     };
     let mut loads = loads::Loads::start();
     let _stats = StatsGuard::enable();
-    for round in 1..=ROUNDS {
+    for round in 1..=rounds() {
         bench.block(&mut c, round, None);
         loads.block(round, None);
         let started = Instant::now();
