@@ -302,8 +302,8 @@ impl Bench {
             tcp: TcpClient::connect(self.echo_port),
             http: HttpClient::connect(self.llm_port),
         };
-        let ours: HashSet<u64> = if on {
-            agent_programs()
+        let ours: HashSet<u64> = if let Some(agent) = agent {
+            programs_of(agent.guard.0.id())
         } else {
             let stray = agent_programs();
             if !stray.is_empty() {
@@ -362,6 +362,24 @@ impl Bench {
         }
         http_posts
     }
+}
+
+/// Ids of the programs one agent process holds, from the fdinfo of its file
+/// descriptors: another agent on the node (another test run) has programs
+/// of the same names, which must not count as this one's.
+fn programs_of(pid: u32) -> HashSet<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .filter_map(|info| {
+                    info.lines()
+                        .find_map(|l| l.strip_prefix("prog_id:"))
+                        .and_then(|id| id.trim().parse().ok())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Ids of the loaded programs the agent's probes are made of.

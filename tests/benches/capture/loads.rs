@@ -24,7 +24,7 @@ use std::{
 use serde_json::Value;
 use tokenscope_tests::{root, Agent, Guard, TempDir, TlsFiles};
 
-use super::{agent_programs, bpf_programs, median, print_program_table, program_deltas};
+use super::{bpf_programs, median, print_program_table, program_deltas, programs_of};
 
 const SECONDS: f64 = 4.0;
 
@@ -220,11 +220,9 @@ impl Loads {
 
     /// Runs every load once, with the agent on or off.
     pub fn block(&mut self, round: usize, agent: Option<&Agent>) {
-        let ours = if agent.is_some() {
-            agent_programs()
-        } else {
-            Default::default()
-        };
+        let ours = agent
+            .map(|a| programs_of(a.guard.0.id()))
+            .unwrap_or_default();
         let loads: Vec<Load> = Load::ALL
             .into_iter()
             .filter(|l| self.available(*l))
