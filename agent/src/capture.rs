@@ -172,7 +172,12 @@ pub fn run(args: &CaptureArgs) -> anyhow::Result<()> {
         let stop = Arc::clone(&stop);
         thread::Builder::new()
             .name("tls-attach".into())
-            .spawn(move || crate::daemon::tls_attacher(probes, exec_rx, stop, || {}))?
+            .spawn(move || {
+                crate::daemon::tls_attacher(probes, exec_rx, stop, || {
+                    // Scripts wait for this line before they start clients.
+                    eprintln!("ready: TLS libraries of running processes are probed");
+                })
+            })?
     };
     if let Some(dir) = &args.dump {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -186,7 +191,6 @@ pub fn run(args: &CaptureArgs) -> anyhow::Result<()> {
     let mut out = Output::default();
     let started = Instant::now();
     let deadline = args.duration_s.map(Duration::from_secs);
-    eprintln!("capturing; Ctrl-C to stop");
     let stdout = std::io::stdout();
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| started.elapsed() < d) {
         {

@@ -19,6 +19,10 @@
 //! its drop counters: at a few thousand POSTs/s the agent's ring buffer can
 //! fill, which the wall-clock figures alone would not show.
 //!
+//! The same blocks also run the loads of `capture/loads.rs` (in-memory TLS
+//! in Python, a Node TLS loop, nginx under wrk over HTTP and HTTPS), which
+//! time themselves, with the agent's CPU and RSS under each.
+//!
 //! Needs root and kernel BTF (it loads the probes) and the debug agent binary
 //! that `tokenscope_tests::Agent` starts:
 //!
@@ -37,8 +41,20 @@ use criterion::{BenchmarkId, Criterion};
 use serde_json::Value;
 use tokenscope_tests::{ebpf_available, root, Agent, Guard, SERIAL};
 
-/// Off/on pairs; each on-block starts the agent afresh.
+#[path = "capture/loads.rs"]
+mod loads;
+
+/// Off/on pairs; each on-block starts the agent afresh. On a noisy machine
+/// more pairs help: `TOKENSCOPE_BENCH_ROUNDS=6 cargo bench ... -- loads`
+/// (a filter that matches no criterion benchmark runs only the loads).
 const ROUNDS: usize = 2;
+
+fn rounds() -> usize {
+    std::env::var("TOKENSCOPE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(ROUNDS)
+}
 /// Criterion's samples per benchmark (its minimum).
 const SAMPLES: usize = 10;
 const PAYLOAD: usize = 1024;
@@ -286,8 +302,8 @@ impl Bench {
             tcp: TcpClient::connect(self.echo_port),
             http: HttpClient::connect(self.llm_port),
         };
-        let ours: HashSet<u64> = if on {
-            agent_programs()
+        let ours: HashSet<u64> = if let Some(agent) = agent {
+            programs_of(agent.guard.0.id())
         } else {
             let stray = agent_programs();
             if !stray.is_empty() {
@@ -338,7 +354,7 @@ impl Bench {
             group.finish();
             if let Some(before) = before {
                 let deltas = program_deltas(&ours, &before, &bpf_programs());
-                print_program_table(workload, round, *ops.lock().expect("ops"), &deltas);
+                print_program_table(workload.name(), round, *ops.lock().expect("ops"), &deltas);
             }
             if workload == Workload::HttpPost {
                 http_posts = *ops.lock().expect("ops");
@@ -346,6 +362,24 @@ impl Bench {
         }
         http_posts
     }
+}
+
+/// Ids of the programs one agent process holds, from the fdinfo of its file
+/// descriptors: another agent on the node (another test run) has programs
+/// of the same names, which must not count as this one's.
+fn programs_of(pid: u32) -> HashSet<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .filter_map(|info| {
+                    info.lines()
+                        .find_map(|l| l.strip_prefix("prog_id:"))
+                        .and_then(|id| id.trim().parse().ok())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Ids of the loaded programs the agent's probes are made of.
@@ -365,14 +399,13 @@ fn agent_programs() -> HashSet<u64> {
 }
 
 fn print_program_table(
-    workload: Workload,
+    workload: &str,
     round: usize,
     ops: u64,
     deltas: &BTreeMap<String, ProgStats>,
 ) {
     println!(
-        "\neBPF programs during {} (agent on, round {round}, {ops} operations incl. warm-up):",
-        workload.name()
+        "\neBPF programs during {workload} (agent on, round {round}, {ops} operations incl. warm-up):"
     );
     println!(
         "{:<24} {:>12} {:>10} {:>10}",
@@ -462,7 +495,10 @@ fn measured(blocks: &[Vec<f64>]) -> Vec<f64> {
 
 fn print_ratios(samples: &Samples) {
     let samples = samples.lock().expect("samples");
-    println!("\nagent on / agent off, medians of {ROUNDS} alternating blocks each:");
+    println!(
+        "\nagent on / agent off, medians of {} alternating blocks each:",
+        rounds()
+    );
     println!(
         "{:<12} {:>14} {:>14} {:>8} {:>12}   per block (off | on)",
         "workload", "off ns/op", "on ns/op", "on/off", "+ns/op"
@@ -508,16 +544,20 @@ fn main() {
         llm_port,
         samples: Samples::default(),
     };
+    let mut loads = loads::Loads::start();
     let _stats = StatsGuard::enable();
-    for round in 1..=ROUNDS {
+    for round in 1..=rounds() {
         bench.block(&mut c, round, None);
+        loads.block(round, None);
         let started = Instant::now();
-        let agent = Agent::start(&[]);
+        let agent = Agent::start_within(&[], Duration::from_secs(240));
         eprintln!("agent ready in {:.1} s", started.elapsed().as_secs_f64());
         let http_posts = bench.block(&mut c, round, Some(&agent));
         report_agent(&agent, http_posts);
+        loads.block(round, Some(&agent));
         drop(agent);
     }
     print_ratios(&bench.samples);
+    loads.print_ratios();
     c.final_summary();
 }

@@ -4,10 +4,18 @@ Speaks the OpenAI Chat Completions (JSON and SSE, with and without
 stream_options.include_usage), Anthropic Messages (JSON and SSE) and Ollama
 /api/chat (NDJSON) wire formats with fixed, known token usage, over HTTP or
 HTTPS (--cert/--key). Prints "READY <port>" once listening.
+
+Test knobs: a chat request with "test_chunks": N streams N content chunks
+(one word each), "test_delay_ms" apart (default 10). With --log-dir, every
+connection's bytes as the server read and wrote them (plaintext under TLS)
+go to DIR/<n>-<peer port>.in and .out.
 """
 
 import argparse
+import io
+import itertools
 import json
+import os
 import ssl
 import sys
 import time
@@ -15,6 +23,40 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 WORDS = ["Tokens", " are", " counted", " by", " the", " provider", "."]
 USAGE_IN, USAGE_OUT = 21, 7
+LOG_DIR = None
+CONNECTIONS = itertools.count()
+
+
+class _TeeReader(io.RawIOBase):
+    """The connection's receive side, copying every byte read to a file."""
+
+    def __init__(self, sock, log):
+        self.sock, self.log = sock, log
+
+    def readable(self):
+        return True
+
+    def readinto(self, buf):
+        n = self.sock.recv_into(buf)
+        self.log.write(bytes(buf[:n]))
+        self.log.flush()
+        return n
+
+
+class _TeeWriter(io.BufferedIOBase):
+    """The connection's send side, copying every byte written to a file."""
+
+    def __init__(self, sock, log):
+        self.sock, self.log = sock, log
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        self.sock.sendall(data)
+        self.log.write(bytes(data))
+        self.log.flush()
+        return len(data)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -24,6 +66,19 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+    def setup(self):
+        super().setup()
+        if LOG_DIR:
+            name = os.path.join(LOG_DIR, "%d-%d" % (next(CONNECTIONS), self.client_address[1]))
+            self._logs = (open(name + ".in", "wb"), open(name + ".out", "wb"))
+            self.rfile = io.BufferedReader(_TeeReader(self.connection, self._logs[0]))
+            self.wfile = _TeeWriter(self.connection, self._logs[1])
+
+    def finish(self):
+        super().finish()
+        for log in getattr(self, "_logs", ()):
+            log.close()
 
     def _body(self):
         length = int(self.headers.get("content-length", "0"))
@@ -93,8 +148,11 @@ class Handler(BaseHTTPRequestHandler):
                 "usage": usage,
             })
         include = (body.get("stream_options") or {}).get("include_usage")
+        words = WORDS
+        if body.get("test_chunks"):
+            words = [" w%d" % i for i in range(int(body["test_chunks"]))]
         events = []
-        for word in WORDS:
+        for word in words:
             chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
                      "model": model + "-2025-01-01",
                      "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
@@ -107,7 +165,7 @@ class Handler(BaseHTTPRequestHandler):
                  "model": model + "-2025-01-01", "choices": [], "usage": usage}
             events.append("data: %s\n\n" % json.dumps(u))
         events.append("data: [DONE]\n\n")
-        self._stream("text/event-stream", events)
+        self._stream("text/event-stream", events, body.get("test_delay_ms", 10) / 1000)
 
     def anthropic(self, body, model):
         usage_start = {"input_tokens": USAGE_IN, "cache_creation_input_tokens": 0,
@@ -157,7 +215,10 @@ def main():
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--cert")
     parser.add_argument("--key")
+    parser.add_argument("--log-dir")
     args = parser.parse_args()
+    global LOG_DIR
+    LOG_DIR = args.log_dir
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     if args.cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -119,6 +119,13 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(extra: &[&str]) -> Agent {
+        Agent::start_within(extra, Duration::from_secs(60))
+    }
+
+    /// Starts the agent and waits up to `ready` for /readyz. Its start-up
+    /// scan reads every object mapped on the node, which takes longer on a
+    /// busy build machine.
+    pub fn start_within(extra: &[&str], ready: Duration) -> Agent {
         let dir = TempDir::new("agent");
         let events = dir.path().join("events.jsonl");
         let log = dir.path().join("agent.log");
@@ -141,19 +148,27 @@ impl Agent {
             log,
             _dir: dir,
         };
-        agent.wait_ready();
+        agent.wait_ready_within(ready);
         agent
     }
 
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        self.wait_ready_within(Duration::from_secs(60));
+    }
+
+    fn wait_ready_within(&self, ready: Duration) {
+        let deadline = Instant::now() + ready;
         while Instant::now() < deadline {
             if http_get(self.port, "/readyz").is_some_and(|(code, _)| code == 200) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("agent not ready in 60 s; log:\n{}", self.log_text());
+        panic!(
+            "agent not ready in {} s; log:\n{}",
+            ready.as_secs(),
+            self.log_text()
+        );
     }
 
     pub fn log_text(&self) -> String {

@@ -18,8 +18,8 @@ use aya::{
 use tokenscope_common::{
     names, ConnState, CONN_STATE_MAP, COUNTERS_MAP, COUNTER_COUNT, COUNTER_NAMES, EVENTS_MAP,
     FILTER_CGROUP_MAP, FILTER_COMM_MAP, FILTER_PORT_MAP, GLOBAL_AGENT_TGID, GLOBAL_CALL_CAP,
-    GLOBAL_FILTERS, GLOBAL_FIRST_WINDOW, GLOBAL_OFFSETS, VERDICT_CAPTURE, VERDICT_CIPHER,
-    VERDICT_MUTED,
+    GLOBAL_FILTERS, GLOBAL_FIRST_WINDOW, GLOBAL_OFFSETS, TLS_LINKED_MAP, VERDICT_CAPTURE,
+    VERDICT_CIPHER, VERDICT_MUTED,
 };
 
 pub use btf::{kernel_offsets, BtfError};
@@ -171,6 +171,8 @@ pub fn cgroup_id(path: &str) -> Result<u64, ProbeError> {
 pub struct Probes {
     ebpf: Ebpf,
     verdicts: HashMap<MapData, u64, ConnState>,
+    /// SSL object → the socket it was linked to.
+    tls_linked: HashMap<MapData, u64, u64>,
     counters: PerCpuArray<MapData, u64>,
     ssl_loaded: bool,
     go_loaded: bool,
@@ -232,9 +234,11 @@ impl Probes {
         fill_filters(&mut ebpf, &settings.filters)?;
         let verdicts = take_map(&mut ebpf, CONN_STATE_MAP, "CONN_STATE")?;
         let counters = take_map(&mut ebpf, COUNTERS_MAP, "COUNTERS")?;
+        let tls_linked = take_map(&mut ebpf, TLS_LINKED_MAP, "TLS_LINKED")?;
         Ok(Probes {
             ebpf,
             verdicts,
+            tls_linked,
             counters,
             ssl_loaded: false,
             go_loaded: false,
@@ -270,6 +274,10 @@ impl Probes {
     /// Forgets a connection's verdict (the id may be reused).
     pub fn forget(&mut self, conn_id: u64) {
         let _ = self.verdicts.remove(&conn_id);
+        // An SSL object's address is soon reused, often over a socket at a
+        // reused address too: without this, the new pair would look linked
+        // already and its addresses would never reach user space.
+        let _ = self.tls_linked.remove(&conn_id);
     }
 
     /// Kernel-side counters summed over CPUs, by name.

@@ -79,6 +79,11 @@ impl TlsScanner {
             let Ok(meta) = fs::metadata(&full) else {
                 continue;
             };
+            // Only regular files: shared anonymous memory maps as
+            // `/dev/zero (deleted)`, and reading a device never ends.
+            if !meta.is_file() {
+                continue;
+            }
             if !self.seen.insert((meta.dev(), meta.ino())) {
                 continue;
             }
@@ -171,6 +176,9 @@ fn inspect_executable(path: &Path) -> Option<Executable> {
 pub fn exports_ssl_write(path: &Path) -> bool {
     // Executables without OpenSSL are the common case; skip huge reads of
     // obviously unrelated files by checking the ELF magic first.
+    if !fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
     let Ok(data) = fs::read(path) else {
         return false;
     };
@@ -230,5 +238,45 @@ mod tests {
     fn a_plain_executable_does_not_export_ssl_write() {
         assert!(!exports_ssl_write(Path::new("/bin/sh")));
         assert!(!exports_ssl_write(Path::new("/nonexistent")));
+        assert!(
+            !exports_ssl_write(Path::new("/dev/zero")),
+            "devices are never read"
+        );
+    }
+
+    #[test]
+    fn shared_anonymous_memory_does_not_stall_the_scan() {
+        // nginx and postgres map shared memory, seen as `/dev/zero (deleted)`.
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import mmap,sys,time; m=mmap.mmap(-1,4096,flags=mmap.MAP_SHARED); print(1,flush=True); time.sleep(30)",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("child ready");
+        let pid = child.id();
+        let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(TlsScanner::default().scan_pid(pid).len());
+        });
+        let done = rx.recv_timeout(std::time::Duration::from_secs(20));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            maps.contains("/dev/zero"),
+            "the child maps shared memory: {maps}"
+        );
+        assert!(
+            done.is_ok(),
+            "scanning a process with shared memory never ended"
+        );
     }
 }

@@ -348,7 +348,22 @@ impl StreamTable {
             cursor.open = false;
         }
 
-        if self.tap {
+        if gap_before > 0 {
+            feed_gap(conn, data.flow, data.ts_ns, gap_before, &mut self.stats);
+        }
+        feed(
+            conn,
+            data.flow,
+            data.ts_ns,
+            &data.payload,
+            &mut self.stats,
+            out,
+        );
+        if gap_after > 0 {
+            feed_gap(conn, data.flow, data.ts_ns, gap_after, &mut self.stats);
+        }
+        // TLS ciphertext is never shown: its plaintext comes from the TLS probes.
+        if self.tap && !matches!(conn.phase, Phase::Tls { .. }) {
             let (conn_id, pid, flow) = (data.conn_id, conn.meta.pid, data.flow);
             if gap_before > 0 {
                 out.tapped.push(Tapped::Gap {
@@ -372,20 +387,6 @@ impl StreamTable {
                     lost: gap_after,
                 });
             }
-        }
-        if gap_before > 0 {
-            feed_gap(conn, data.flow, data.ts_ns, gap_before, &mut self.stats);
-        }
-        feed(
-            conn,
-            data.flow,
-            data.ts_ns,
-            &data.payload,
-            &mut self.stats,
-            out,
-        );
-        if gap_after > 0 {
-            feed_gap(conn, data.flow, data.ts_ns, gap_after, &mut self.stats);
         }
         drain(conn, &mut self.stats, self.tap, out);
         if matches!(conn.phase, Phase::Ignored) {

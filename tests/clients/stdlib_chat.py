@@ -1,0 +1,74 @@
+"""Chat Completions calls with the standard library only, for the capture tests.
+
+    stdlib_chat.py BASE urllib MODEL...       one urllib.request call per model
+    stdlib_chat.py BASE http.client MODEL...  all models on one keep-alive connection
+    stdlib_chat.py BASE http.client --before FILE MODEL...
+        one call on a connection opened now, then "WAITING" on stdout; once FILE
+        exists, the models on that same connection, then one more call
+        ("after-new-connection") on a new connection.
+
+TLS (https BASE) goes through the system libssl (SSL_read_ex/SSL_write_ex);
+certificates are not checked (the test server's is self-signed).
+"""
+
+import http.client
+import json
+import os
+import ssl
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+PATH = "/v1/chat/completions"
+
+
+def body(model):
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": "hi from " + model}]}).encode()
+
+
+def connection(base):
+    url = urllib.parse.urlsplit(base)
+    if url.scheme == "https":
+        return http.client.HTTPSConnection(url.hostname, url.port, context=ssl._create_unverified_context())
+    return http.client.HTTPConnection(url.hostname, url.port)
+
+
+def call(conn, model):
+    conn.request("POST", PATH, body(model), {"content-type": "application/json"})
+    response = conn.getresponse()
+    data = response.read()
+    assert response.status == 200, (response.status, data)
+    assert json.loads(data)["usage"]["prompt_tokens"] == 21
+
+
+def main():
+    base, mode, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+    if mode == "urllib":
+        context = ssl._create_unverified_context()
+        for model in args:
+            request = urllib.request.Request(base + PATH, body(model), {"content-type": "application/json"})
+            with urllib.request.urlopen(request, context=context if base.startswith("https") else None) as r:
+                assert json.loads(r.read())["usage"]["completion_tokens"] == 7
+        return 0
+    before = None
+    if args[:1] == ["--before"]:
+        before, args = args[1], args[2:]
+    conn = connection(base)
+    if before:
+        call(conn, "before-agent")
+        print("WAITING", flush=True)
+        while not os.path.exists(before):
+            time.sleep(0.05)
+    for model in args:
+        call(conn, model)
+    conn.close()
+    if before:
+        fresh = connection(base)
+        call(fresh, "after-new-connection")
+        fresh.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
