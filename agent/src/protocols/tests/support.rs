@@ -67,48 +67,7 @@ pub fn run(chunks: &[(Direction, Vec<u8>)]) -> (Vec<HttpEvent>, ParseStats) {
 /// Events with timestamps zeroed and adjacent body pieces of one stream
 /// merged, so that different chunkings of the same bytes compare equal.
 pub fn normalize(events: &[HttpEvent]) -> Vec<HttpEvent> {
-    let mut out: Vec<HttpEvent> = Vec::new();
-    for e in events {
-        let mut e = e.clone();
-        match &mut e {
-            HttpEvent::Request { ts_ns, .. }
-            | HttpEvent::RequestBody { ts_ns, .. }
-            | HttpEvent::RequestEnd { ts_ns, .. }
-            | HttpEvent::Response { ts_ns, .. }
-            | HttpEvent::ResponseBody { ts_ns, .. }
-            | HttpEvent::ResponseEnd { ts_ns, .. }
-            | HttpEvent::Abort { ts_ns, .. }
-            | HttpEvent::Trailers { ts_ns, .. } => *ts_ns = 0,
-        }
-        match (out.last_mut(), &e) {
-            (
-                Some(HttpEvent::RequestBody {
-                    stream: a,
-                    data: prev,
-                    ..
-                }),
-                HttpEvent::RequestBody {
-                    stream: b, data, ..
-                },
-            )
-            | (
-                Some(HttpEvent::ResponseBody {
-                    stream: a,
-                    data: prev,
-                    ..
-                }),
-                HttpEvent::ResponseBody {
-                    stream: b, data, ..
-                },
-            ) if a == b => {
-                let mut joined = prev.to_vec();
-                joined.extend_from_slice(data);
-                *prev = joined.into();
-            }
-            _ => out.push(e),
-        }
-    }
-    out
+    crate::fuzzing::zero_times_and_join_bodies(events.to_vec(), &[])
 }
 
 /// One exchange as the events told it.

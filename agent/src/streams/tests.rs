@@ -1,0 +1,72 @@
+//! Stream table tests: callers named by their sockets.
+
+use super::*;
+
+fn data(pid: u32, conn_id: u64, local: &str, remote: &str, flow: Flow, bytes: &[u8]) -> Data {
+    Data {
+        source: Source::Socket,
+        flow,
+        pid,
+        tid: pid,
+        conn_id,
+        ts_ns: 1_000,
+        cgroup_id: 1,
+        comm: format!("p{pid}"),
+        endpoints: Some(Endpoints {
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+        }),
+        call_len: bytes.len() as u32,
+        offset: 0,
+        rest_lost: false,
+        payload: bytes.to_vec(),
+    }
+}
+
+#[test]
+fn a_served_call_names_the_local_process_that_made_it() {
+    let request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost:8000\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n{\"model\":\"llama\"}";
+    let body =
+        r#"{"model":"llama","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#;
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (client, server) = ("127.0.0.1:50000", "127.0.0.1:8000");
+    let mut table = StreamTable::new(StreamLimits::default());
+    let mut out = Output::default();
+    // The client (pid 10) sends; the server (pid 20) receives and answers.
+    table.on_data(data(10, 1, client, server, Flow::Egress, request), &mut out);
+    table.on_data(
+        data(20, 2, server, client, Flow::Ingress, request),
+        &mut out,
+    );
+    table.on_data(
+        data(20, 2, server, client, Flow::Egress, response.as_bytes()),
+        &mut out,
+    );
+    table.on_data(
+        data(10, 1, client, server, Flow::Ingress, response.as_bytes()),
+        &mut out,
+    );
+    let served: Vec<_> = out
+        .calls
+        .iter()
+        .filter(|(m, _)| m.side == Side::Server)
+        .collect();
+    assert_eq!(served.len(), 1, "{:?}", out.calls);
+    let caller = served[0].0.caller.as_ref().expect("caller named");
+    assert_eq!((caller.pid, caller.comm.as_str()), (10, "p10"));
+    // The client's own record names no caller.
+    assert!(out
+        .calls
+        .iter()
+        .filter(|(m, _)| m.side == Side::Client)
+        .all(|(m, _)| m.caller.is_none()));
+
+    // Once the client's socket is closed and the grace period is over, it is forgotten.
+    table.on_close(1, 2_000, 0, 0, &mut out);
+    table.on_close(2, 2_000, 0, 0, &mut out);
+    table.sweep(2_000 + SOCKET_GRACE_NS + 1, &mut out);
+    assert!(table.sockets.is_empty());
+}
