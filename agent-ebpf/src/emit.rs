@@ -136,14 +136,9 @@ extern "C" fn iovec_step(index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     };
     // One chunk per entry; a longer entry is cut and the walk ends there.
-    // Never past what the call moved: a recvmsg fills its buffers only partly.
     let mut n = len;
     if n > CHUNK as u64 {
         n = CHUNK as u64;
-    }
-    let remaining = walk.limit - walk.offset;
-    if n > remaining {
-        n = remaining;
     }
     if n > 0 && !chunk(base, n as u32, walk.offset as u32, 0) {
         walk.failed_at = walk.offset;
