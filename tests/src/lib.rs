@@ -299,26 +299,8 @@ impl LlmServer {
         if let Some(t) = &tls {
             cmd.arg("--cert").arg(&t.cert).arg("--key").arg(&t.key);
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start fake_llm.py");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("READY line");
-        let port = line
-            .trim()
-            .strip_prefix("READY ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("fake_llm.py said {line:?}"));
-        LlmServer {
-            guard: Guard(child),
-            port,
-            tls,
-        }
+        let (guard, port) = spawn_fake_llm(cmd.stderr(Stdio::inherit()));
+        LlmServer { guard, port, tls }
     }
 
     pub fn base(&self) -> String {
@@ -345,4 +327,24 @@ pub fn by_pid<'a>(records: &'a [Value], pid: u32, side: &str) -> Vec<&'a Value> 
         .iter()
         .filter(|r| r["process"]["pid"] == pid && r["side"] == side)
         .collect()
+}
+
+/// Starts `tests/servers/fake_llm.py` from `cmd` and waits for its
+/// `READY <port>` line; (guard, port).
+pub fn spawn_fake_llm(cmd: &mut Command) -> (Guard, u16) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start fake_llm.py");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("READY line");
+    let port = line
+        .trim()
+        .strip_prefix("READY ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("fake_llm.py said {line:?}"));
+    (Guard(child), port)
 }

@@ -8,7 +8,6 @@
 
 mod gpu_support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use gpu_support::*;
@@ -50,23 +49,11 @@ impl Drop for LoopbackAddress {
 
 /// The test server started inside a pod's cgroup; (guard, port).
 fn server_in(cgroup: &PodCgroup) -> (Guard, u16) {
-    let mut child = cgroup
-        .command("python3")
-        .arg(root().join("tests/servers/fake_llm.py"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start fake_llm.py");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("READY line");
-    let port = line
-        .trim()
-        .strip_prefix("READY ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("fake_llm.py said {line:?}"));
-    (Guard(child), port)
+    spawn_fake_llm(
+        cgroup
+            .command("python3")
+            .arg(root().join("tests/servers/fake_llm.py")),
+    )
 }
 
 #[test]
