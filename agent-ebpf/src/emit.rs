@@ -263,6 +263,7 @@ pub fn admit(
                 },
                 sent: 0,
                 received: 0,
+                born_ns: unsafe { bpf_ktime_get_ns() },
                 _pad: [0; 7],
             };
             let _ = CONN_STATE.insert(&conn_id, &state, 0);

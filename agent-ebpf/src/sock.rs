@@ -212,6 +212,7 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
                 window_used: 0,
                 sent: 0,
                 received: 0,
+                born_ns: unsafe { bpf_ktime_get_ns() },
                 verdict: VERDICT_MUTED,
                 _pad: [0; 7],
             };
@@ -300,6 +301,7 @@ fn link_tls(ssl: u64, sk: u64) {
         window_used: 0,
         sent: 0,
         received: 0,
+        born_ns: unsafe { bpf_ktime_get_ns() },
         verdict: VERDICT_CIPHER,
         _pad: [0; 7],
     };

@@ -252,9 +252,9 @@ pub fn run(args: &CaptureArgs) -> anyhow::Result<()> {
                 }
             }
             if let Ok(mut p) = probes.lock() {
-                for (conn_id, verdict) in out.verdicts.drain(..) {
+                for (conn, verdict) in out.verdicts.drain(..) {
                     if verdict != Verdict::Mute || !args.all {
-                        p.set_verdict(conn_id, verdict);
+                        p.set_verdict(conn, verdict);
                     }
                 }
                 for e in out.endpoints.drain(..) {

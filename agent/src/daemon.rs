@@ -36,7 +36,7 @@ use crate::{
     },
     pricing::Pricer,
     probes::{tls::TlsScanner, LoadSettings, Probes},
-    streams::{EndpointRecord, Output, StreamLimits, StreamTable, Verdict},
+    streams::{ConnRef, EndpointRecord, Output, StreamLimits, StreamTable, Verdict},
 };
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -383,7 +383,13 @@ fn handle(l: &mut CaptureLoop, event: Event, out: &mut Output) {
         }
         Event::Data(data) => {
             if l.exclude.contains(&data.comm) {
-                out.verdicts.push((data.conn_id, Verdict::Mute));
+                out.verdicts.push((
+                    ConnRef {
+                        id: data.conn_id,
+                        seen_ns: data.ts_ns,
+                    },
+                    Verdict::Mute,
+                ));
                 return;
             }
             l.streams.on_data(data, out);
@@ -395,22 +401,32 @@ fn handle(l: &mut CaptureLoop, event: Event, out: &mut Output) {
             received,
         } => l.streams.on_close(conn_id, ts_ns, sent, received, out),
         Event::TlsLink {
+            pid,
             ssl,
             sock,
             endpoints,
             ..
-        } => l.streams.on_tls_link(ssl, sock, endpoints),
+        } => {
+            tracing::debug!(
+                event = "tls_link",
+                pid,
+                ssl,
+                sock,
+                endpoints = ?endpoints
+            );
+            l.streams.on_tls_link(ssl, sock, endpoints)
+        }
     }
 }
 
 fn flush_output(l: &mut CaptureLoop, out: &mut Output) {
     if !out.verdicts.is_empty() || !out.forget.is_empty() {
         if let Ok(mut probes) = l.probes.lock() {
-            for (conn_id, verdict) in out.verdicts.drain(..) {
-                probes.set_verdict(conn_id, verdict);
+            for (conn, verdict) in out.verdicts.drain(..) {
+                probes.set_verdict(conn, verdict);
             }
-            for conn_id in out.forget.drain(..) {
-                probes.forget(conn_id);
+            for conn in out.forget.drain(..) {
+                probes.forget(conn);
             }
         }
     }
@@ -422,6 +438,7 @@ fn flush_output(l: &mut CaptureLoop, out: &mut Output) {
         tracing::debug!(
             event = "call",
             pid = record.attribution.pid,
+            conn_id = meta.conn_id,
             provider = record.call.provider.as_str(),
             model = record.call.request_model.as_deref().unwrap_or(""),
             status = record.call.status.unwrap_or(0),
@@ -472,7 +489,9 @@ fn record_endpoint(l: &mut CaptureLoop, e: &EndpointRecord) {
 
 fn publish_counters(l: &CaptureLoop, decode_errors: u64) {
     let metrics = &l.exporters.state().metrics;
+    let mut stale_verdicts = 0;
     if let Ok(probes) = l.probes.lock() {
+        stale_verdicts = probes.stale_skipped();
         for (name, value) in probes.counters() {
             metrics.set_agent_counter(
                 "tokenscope_capture_kernel_total",
@@ -492,6 +511,7 @@ fn publish_counters(l: &CaptureLoop, decode_errors: u64) {
         ("gap_bytes", s.gap_bytes),
         ("calls", s.calls),
         ("decode_errors", decode_errors),
+        ("stale_verdicts", stale_verdicts),
     ] {
         metrics.set_agent_counter("tokenscope_streams_total", &[("counter", name)], value);
     }

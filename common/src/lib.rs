@@ -267,10 +267,14 @@ pub struct ConnState {
     /// Ciphertext sockets: bytes sent and received since the verdict.
     pub sent: u64,
     pub received: u64,
+    /// Kernel time the entry was made. User space applies a verdict or a
+    /// removal only to an entry born no later than the last event it saw on
+    /// the connection: a younger entry is a new connection at a reused address.
+    pub born_ns: u64,
     pub verdict: u8,
     pub _pad: [u8; 7],
 }
-const _: () = assert!(core::mem::size_of::<ConnState>() == 32);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 40);
 
 /// An SSL call in flight, saved at entry for the return probe.
 #[repr(C)]

@@ -24,7 +24,7 @@ use tokenscope_common::{
 
 pub use btf::{kernel_offsets, BtfError};
 
-use crate::streams::Verdict;
+use crate::streams::{ConnRef, Verdict};
 
 /// The eBPF object built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tokenscope"));
@@ -174,6 +174,8 @@ pub struct Probes {
     /// SSL object → the socket it was linked to.
     tls_linked: HashMap<MapData, u64, u64>,
     counters: PerCpuArray<MapData, u64>,
+    /// Verdicts and removals not applied: the entry was a newer connection's.
+    stale_skipped: u64,
     ssl_loaded: bool,
     go_loaded: bool,
 }
@@ -209,6 +211,9 @@ impl Probes {
             ms = started.elapsed().as_millis() as u64
         );
 
+        // Filters are in place before any program runs: a connection seen
+        // with empty lists would be judged by them and muted for good.
+        fill_filters(&mut ebpf, &settings.filters)?;
         for name in [names::EXEC, names::EXIT] {
             let prog: &mut TracePoint = program(&mut ebpf, name)?;
             prog.load()
@@ -218,20 +223,32 @@ impl Probes {
         }
         if settings.capture_sockets || settings.capture_tls {
             // The TLS link (SSL object -> socket) is made in the socket programs.
-            for name in [names::SOCK_SEND, names::SOCK_RECV, names::SOCK_STATE] {
+            // All three are verified first (the slow part, seconds), then the
+            // close program is attached before the two that make entries:
+            // an entry made while closes went unseen would outlive its socket
+            // and land on the next socket allocated at that address.
+            let order = [names::SOCK_STATE, names::SOCK_SEND, names::SOCK_RECV];
+            for name in order {
                 let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
                 prog.load(name, &btf)
                     .map_err(|source| prog_err(name, "load", source))?;
-                prog.attach()
-                    .map_err(|source| prog_err(name, "attach", source))?;
                 tracing::debug!(
-                    event = "attached",
+                    event = "verified",
                     program = name,
                     ms = started.elapsed().as_millis() as u64
                 );
             }
+            for name in order {
+                let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
+                prog.attach()
+                    .map_err(|source| prog_err(name, "attach", source))?;
+            }
+            tracing::debug!(
+                event = "attached",
+                programs = "sock",
+                ms = started.elapsed().as_millis() as u64
+            );
         }
-        fill_filters(&mut ebpf, &settings.filters)?;
         let verdicts = take_map(&mut ebpf, CONN_STATE_MAP, "CONN_STATE")?;
         let counters = take_map(&mut ebpf, COUNTERS_MAP, "COUNTERS")?;
         let tls_linked = take_map(&mut ebpf, TLS_LINKED_MAP, "TLS_LINKED")?;
@@ -240,6 +257,7 @@ impl Probes {
             verdicts,
             tls_linked,
             counters,
+            stale_skipped: 0,
             ssl_loaded: false,
             go_loaded: false,
         })
@@ -251,33 +269,53 @@ impl Probes {
     }
 
     /// Records user space's verdict on a connection (socket or SSL object).
-    pub fn set_verdict(&mut self, conn_id: u64, verdict: Verdict) {
-        let state = ConnState {
-            window_used: 0,
-            sent: 0,
-            received: 0,
-            verdict: match verdict {
-                Verdict::Capture => VERDICT_CAPTURE,
-                Verdict::Mute => VERDICT_MUTED,
-                Verdict::Cipher => VERDICT_CIPHER,
-            },
-            _pad: [0; 7],
+    ///
+    /// `conn.seen_ns` is the kernel time of the latest event user space read
+    /// on the connection. The entry is changed only if it exists and was born
+    /// no later than that: user space lags the kernel, and by the time it
+    /// decides, the connection may have closed and a new one taken its
+    /// address (sockets come from a slab, SSL objects from malloc). A verdict
+    /// written there would mute or mislabel the newcomer. A skipped verdict
+    /// costs only captured bytes; the connection is still parsed.
+    pub fn set_verdict(&mut self, conn: ConnRef, verdict: Verdict) {
+        let Ok(mut state) = self.verdicts.get(&conn.id, 0) else {
+            return;
         };
-        // Only while the kernel still tracks the connection (BPF_EXIST): a
-        // verdict landing after the close would otherwise stick to the next
-        // socket allocated at the same address. A failed update only costs
-        // captured bytes; the connection is still parsed.
+        if state.born_ns > conn.seen_ns {
+            self.stale_skipped += 1;
+            return;
+        }
+        state.verdict = match verdict {
+            Verdict::Capture => VERDICT_CAPTURE,
+            Verdict::Mute => VERDICT_MUTED,
+            Verdict::Cipher => VERDICT_CIPHER,
+        };
+        // BPF_EXIST: never re-create an entry the kernel dropped meanwhile.
+        // Between the read above and this write a close and a reuse could
+        // still slip in; that window is the map round trip, not user space's lag.
         const BPF_EXIST: u64 = 2;
-        let _ = self.verdicts.insert(conn_id, state, BPF_EXIST);
+        let _ = self.verdicts.insert(conn.id, state, BPF_EXIST);
     }
 
-    /// Forgets a connection's verdict (the id may be reused).
-    pub fn forget(&mut self, conn_id: u64) {
-        let _ = self.verdicts.remove(&conn_id);
+    /// Forgets a connection's kernel state (the id may be reused), under the
+    /// same age rule as [`Probes::set_verdict`].
+    pub fn forget(&mut self, conn: ConnRef) {
+        if let Ok(state) = self.verdicts.get(&conn.id, 0) {
+            if state.born_ns > conn.seen_ns {
+                self.stale_skipped += 1;
+                return;
+            }
+            let _ = self.verdicts.remove(&conn.id);
+        }
         // An SSL object's address is soon reused, often over a socket at a
         // reused address too: without this, the new pair would look linked
         // already and its addresses would never reach user space.
-        let _ = self.tls_linked.remove(&conn_id);
+        let _ = self.tls_linked.remove(&conn.id);
+    }
+
+    /// Verdicts and removals skipped because the entry was a newer connection's.
+    pub fn stale_skipped(&self) -> u64 {
+        self.stale_skipped
     }
 
     /// Kernel-side counters summed over CPUs, by name.

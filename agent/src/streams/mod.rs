@@ -74,16 +74,25 @@ pub struct LocalPeer {
     pub cgroup_id: u64,
 }
 
+/// A connection as user space last saw it: its id and the kernel time of
+/// its latest event. Ids are addresses the kernel and libraries reuse, so a
+/// change to the kernel's entry must not reach a connection born later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnRef {
+    pub id: u64,
+    pub seen_ns: u64,
+}
+
 /// What the table asks of the rest of the agent.
 #[derive(Debug, Default)]
 pub struct Output {
     pub calls: Vec<(ConnMeta, LlmCall)>,
-    /// Verdicts to write to the kernel's map, per connection id.
-    pub verdicts: Vec<(u64, Verdict)>,
+    /// Verdicts to write to the kernel's map, per connection.
+    pub verdicts: Vec<(ConnRef, Verdict)>,
     /// TLS connections to AI endpoints whose plaintext was out of reach.
     pub endpoints: Vec<EndpointRecord>,
-    /// Connection ids whose kernel state can be forgotten.
-    pub forget: Vec<u64>,
+    /// Connections whose kernel state can be forgotten.
+    pub forget: Vec<ConnRef>,
     /// What `tokenscope capture` shows: filled only when the table taps.
     pub tapped: Vec<Tapped>,
 }
@@ -172,6 +181,15 @@ struct Conn {
     cursors: [Cursor; 2],
     last_ts: u64,
     http_events: Vec<HttpEvent>,
+}
+
+impl Conn {
+    fn conn_ref(&self) -> ConnRef {
+        ConnRef {
+            id: self.meta.conn_id,
+            seen_ns: self.last_ts,
+        }
+    }
 }
 
 pub struct StreamTable {
@@ -541,7 +559,7 @@ impl StreamTable {
         // The kernel forgets a socket itself when it closes; an SSL object has
         // no close it can see, and its address is soon reused by the next one.
         if conn.meta.tls.is_some() {
-            out.forget.push(conn_id);
+            out.forget.push(conn.conn_ref());
         }
     }
 }
@@ -614,7 +632,7 @@ fn feed(
                     _ => {
                         stats.not_http += 1;
                         conn.phase = Phase::Ignored;
-                        out.verdicts.push((conn.meta.conn_id, Verdict::Mute));
+                        out.verdicts.push((conn.conn_ref(), Verdict::Mute));
                         return;
                     }
                 }
@@ -636,7 +654,7 @@ fn feed(
             _ => {
                 stats.not_http += 1;
                 conn.phase = Phase::Ignored;
-                out.verdicts.push((conn.meta.conn_id, Verdict::Mute));
+                out.verdicts.push((conn.conn_ref(), Verdict::Mute));
                 return;
             }
         };
@@ -683,7 +701,7 @@ fn read_hello(conn: &mut Conn, out: &mut Output) {
     };
     *server_name = name;
     *hello = Vec::new();
-    out.verdicts.push((conn.meta.conn_id, Verdict::Cipher));
+    out.verdicts.push((conn.conn_ref(), Verdict::Cipher));
 }
 
 fn feed_gap(conn: &mut Conn, flow: Flow, ts_ns: u64, lost: u64, stats: &mut StreamStats) {
@@ -718,6 +736,7 @@ fn is_llm_path(path: &str) -> bool {
 }
 
 fn drain(conn: &mut Conn, stats: &mut StreamStats, tap: bool, out: &mut Output) {
+    let conn_ref = conn.conn_ref();
     let Phase::Http {
         assembler, decided, ..
     } = &mut conn.phase
@@ -740,10 +759,8 @@ fn drain(conn: &mut Conn, stats: &mut StreamStats, tap: bool, out: &mut Output) 
                 *decided = true;
                 let host = head.authority.as_deref().unwrap_or("");
                 let llm = is_llm_path(&head.path) || provider_for_host(host).is_some();
-                out.verdicts.push((
-                    conn.meta.conn_id,
-                    if llm { Verdict::Capture } else { Verdict::Mute },
-                ));
+                out.verdicts
+                    .push((conn_ref, if llm { Verdict::Capture } else { Verdict::Mute }));
                 if !llm {
                     stats.not_llm += 1;
                 }

@@ -70,3 +70,55 @@ fn a_served_call_names_the_local_process_that_made_it() {
     table.sweep(2_000 + SOCKET_GRACE_NS + 1, &mut out);
     assert!(table.sockets.is_empty());
 }
+
+#[test]
+fn verdicts_carry_the_time_of_the_latest_event_seen_on_the_connection() {
+    // The kernel applies a verdict only to an entry born by then: a socket
+    // at a reused address, born later, keeps its own.
+    let (client, server) = ("127.0.0.1:50001", "127.0.0.1:8080");
+    let mut table = StreamTable::new(StreamLimits::default());
+    let mut out = Output::default();
+    let mut head = data(
+        10,
+        7,
+        client,
+        server,
+        Flow::Egress,
+        b"GET /index.html HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    );
+    head.ts_ns = 5_000;
+    table.on_data(head, &mut out);
+    assert_eq!(
+        out.verdicts,
+        vec![(
+            ConnRef {
+                id: 7,
+                seen_ns: 5_000
+            },
+            Verdict::Mute
+        )]
+    );
+
+    // A TLS connection: the ClientHello arrives in two calls; the verdict
+    // comes with the second and carries its time.
+    let mut out = Output::default();
+    let hello = tls::tests::hello(Some("api.openai.com"));
+    let (first, rest) = hello.split_at(20);
+    let mut a = data(11, 8, client, server, Flow::Egress, first);
+    a.ts_ns = 6_000;
+    let mut b = data(11, 8, client, server, Flow::Egress, rest);
+    b.ts_ns = 6_500;
+    table.on_data(a, &mut out);
+    assert!(out.verdicts.is_empty());
+    table.on_data(b, &mut out);
+    assert_eq!(
+        out.verdicts,
+        vec![(
+            ConnRef {
+                id: 8,
+                seen_ns: 6_500
+            },
+            Verdict::Cipher
+        )]
+    );
+}

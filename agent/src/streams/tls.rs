@@ -155,11 +155,11 @@ pub fn is_ai_endpoint(host: &str, extra: &[String]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// A minimal ClientHello built field by field (RFC 8446 4.1.2).
-    fn hello(name: Option<&str>) -> Vec<u8> {
+    pub(crate) fn hello(name: Option<&str>) -> Vec<u8> {
         let mut ext = Vec::new();
         if let Some(name) = name {
             let n = name.as_bytes();
