@@ -16,7 +16,7 @@ use tokenscope_common::{
     MAX_IOVECS, VERDICT_CAPTURE, VERDICT_CIPHER, VERDICT_MUTED, VERDICT_UNKNOWN,
 };
 
-use crate::maps::{call_cap, count, first_window, CONN_STATE, EVENTS, SCRATCH};
+use crate::maps::{call_cap, count, first_window, CONN_STATE, EVENTS, IOV_LEFT, SCRATCH};
 
 /// Starts an event in scratch; `tuple` fills the header's tuple in place.
 #[inline(always)]
@@ -135,8 +135,20 @@ extern "C" fn iovec_step(index: u64, ctx: *mut c_void) -> i64 {
         walk.failed_at = walk.offset;
         return 1;
     };
+    // Never past what the call moved: a recvmsg fills its buffers only
+    // partly. The bytes left live in a map, not in `walk`: a size computed
+    // from the running offset would make the offset precise to the verifier,
+    // and the callback's states would never converge (E2BIG). A value loaded
+    // from a map is an unknown scalar, so the bound stops there.
+    let Some(left) = IOV_LEFT.get_ptr_mut(0) else {
+        return 1;
+    };
+    let remaining = unsafe { *left };
     // One chunk per entry; a longer entry is cut and the walk ends there.
     let mut n = len;
+    if n > remaining {
+        n = remaining;
+    }
     if n > CHUNK as u64 {
         n = CHUNK as u64;
     }
@@ -144,6 +156,7 @@ extern "C" fn iovec_step(index: u64, ctx: *mut c_void) -> i64 {
         walk.failed_at = walk.offset;
         return 1;
     }
+    unsafe { *left = remaining - n };
     walk.offset += n;
     if n < len {
         return 1;
@@ -181,8 +194,8 @@ pub fn direct(src: u64, limit: u32) -> u32 {
     sent as u32
 }
 
-/// Copies from an iovec array, one chunk per entry, until `limit` is reached
-/// (the last entry may pass it by less than a chunk); returns bytes sent.
+/// Copies from an iovec array, one chunk per entry, up to `limit` bytes;
+/// returns bytes sent.
 #[inline(always)]
 pub fn iovec(iov: u64, iovcnt: u64, limit: u32) -> u32 {
     let mut walk = Walk {
@@ -197,6 +210,10 @@ pub fn iovec(iov: u64, iovcnt: u64, limit: u32) -> u32 {
         limit: limit as u64,
         failed_at: u64::MAX,
     };
+    match IOV_LEFT.get_ptr_mut(0) {
+        Some(left) => unsafe { *left = limit as u64 },
+        None => return 0,
+    }
     unsafe {
         generated::bpf_loop(
             MAX_IOVECS,
@@ -213,26 +230,33 @@ pub fn iovec(iov: u64, iovcnt: u64, limit: u32) -> u32 {
     sent as u32
 }
 
-/// Whether the user buffer at `src` starts with `POST `. A connection whose
-/// first call does is taken in full from the start: LLM requests are POSTs,
-/// often bigger than the first window, and user space mutes the ones that turn
-/// out not to be LLM calls.
+/// Whether the user buffer at `src` starts with `POST ` or the HTTP/2
+/// preface (`PRI *`). A connection whose first call does is taken in full
+/// from the start: LLM requests are POSTs, often bigger than the first window,
+/// and an HTTP/2 connection's header compression cannot be joined midway.
+/// User space mutes the ones that turn out not to carry LLM calls.
 #[inline(always)]
-pub fn starts_with_post(src: u64) -> bool {
-    src != 0 && unsafe { bpf_probe_read_user(src as *const [u8; 5]) } == Ok(*b"POST ")
+pub fn opens_request(src: u64) -> bool {
+    if src == 0 {
+        return false;
+    }
+    match unsafe { bpf_probe_read_user(src as *const [u8; 5]) } {
+        Ok(head) => head == *b"POST " || head == *b"PRI *",
+        Err(_) => false,
+    }
 }
 
 /// Applies the connection's verdict and first window to a call of `call_len`
 /// bytes; returns how many bytes to capture, or `None` to capture nothing.
 /// An unclassified connection costs at most its window plus one call.
 /// `state` is the connection's entry as the caller looked it up (one lookup
-/// per call); `opens_with_post` is only looked at for a new connection.
+/// per call); `opens_request` is only looked at for a new connection.
 #[inline(always)]
 pub fn admit(
     conn_id: u64,
     call_len: u32,
     state: Option<*mut ConnState>,
-    opens_with_post: bool,
+    opens_request: bool,
 ) -> Option<u32> {
     let mut limit = call_len;
     match state {
@@ -256,7 +280,7 @@ pub fn admit(
         None => {
             let state = ConnState {
                 window_used: limit as u64,
-                verdict: if opens_with_post {
+                verdict: if opens_request {
                     VERDICT_CAPTURE
                 } else {
                     VERDICT_UNKNOWN

@@ -23,7 +23,7 @@ use tokenscope_common::{
 };
 
 use crate::{
-    emit::{admit, begin, direct, lost_from, starts_with_post},
+    emit::{admit, begin, direct, lost_from, opens_request},
     filter::process_allowed,
     maps::{agent_tgid, count, filters, CONN_STATE, GO_CALLS, SSL_ACTIVE},
 };
@@ -137,8 +137,8 @@ fn capture(conn: u64, buf: u64, len: u64, dir: u8) {
         len as u32
     };
     let state = CONN_STATE.get_ptr_mut(&conn);
-    let opens_with_post = state.is_none() && starts_with_post(buf);
-    let Some(limit) = admit(conn, call_len, state, opens_with_post) else {
+    let opens_request = state.is_none() && opens_request(buf);
+    let Some(limit) = admit(conn, call_len, state, opens_request) else {
         return;
     };
     if !begin(conn, dir, SOURCE_TLS_GO, call_len, |t| {

@@ -28,6 +28,10 @@ pub static GO_CALLS: LruHashMap<[u64; 2], SslCall> = LruHashMap::with_max_entrie
 #[map]
 pub static SCRATCH: PerCpuArray<[u8; SCRATCH_SIZE]> = PerCpuArray::with_max_entries(1, 0);
 
+/// Bytes an iovec walk may still copy (see `emit::iovec_step`).
+#[map]
+pub static IOV_LEFT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 #[map]
 pub static FILTER_COMM: HashMap<[u8; 16], u8> = HashMap::with_max_entries(256, 0);
 
@@ -42,7 +46,7 @@ static AGENT_TGID: u32 = 0;
 #[unsafe(no_mangle)]
 static FILTERS: u32 = 0;
 #[unsafe(no_mangle)]
-static FIRST_WINDOW: u64 = 8192;
+static FIRST_WINDOW: u64 = 1024;
 #[unsafe(no_mangle)]
 static CALL_CAP: u32 = 65536;
 #[unsafe(no_mangle)]

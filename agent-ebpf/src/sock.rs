@@ -17,7 +17,7 @@ use tokenscope_common::{
 };
 
 use crate::{
-    emit::{admit, begin, direct, iovec, lost_from, starts_with_post},
+    emit::{admit, begin, direct, iovec, lost_from, opens_request},
     filter::{ports_allowed, process_allowed},
     maps::{
         agent_tgid, count, filters, offsets, CONN_STATE, EVENTS, GO_CALLS, SSL_ACTIVE, TLS_LINKED,
@@ -228,8 +228,8 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
     let arg1: u64 = read_kernel(regs + REG_SI as u64).unwrap_or(0);
     let arg2: u64 = read_kernel(regs + REG_DX as u64).unwrap_or(0);
     // A new connection's first user buffer, to spot a request line.
-    let opens_with_post = state.is_none()
-        && starts_with_post(match nr {
+    let opens_request = state.is_none()
+        && opens_request(match nr {
             SYS_READ | SYS_WRITE | SYS_SENDTO | SYS_RECVFROM => arg1,
             SYS_READV | SYS_WRITEV => {
                 unsafe { bpf_probe_read_user(arg1 as *const u64) }.unwrap_or(0)
@@ -240,7 +240,7 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
             }
             _ => 0,
         });
-    let Some(limit) = admit(sk, call_len, state, opens_with_post) else {
+    let Some(limit) = admit(sk, call_len, state, opens_request) else {
         return;
     };
 
@@ -250,11 +250,17 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
 
     let sent = match nr {
         SYS_READ | SYS_WRITE | SYS_SENDTO | SYS_RECVFROM => direct(arg1, limit),
-        SYS_READV | SYS_WRITEV => iovec(arg1, arg2, limit),
-        SYS_SENDMSG | SYS_RECVMSG => {
-            // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
-            let iov = unsafe { bpf_probe_read_user((arg1 + 16) as *const u64) }.unwrap_or(0);
-            let iovlen = unsafe { bpf_probe_read_user((arg1 + 24) as *const u64) }.unwrap_or(0);
+        SYS_READV | SYS_WRITEV | SYS_SENDMSG | SYS_RECVMSG => {
+            // One call site: the verifier checks the walk once per site.
+            let (iov, iovlen) = if nr == SYS_READV || nr == SYS_WRITEV {
+                (arg1, arg2)
+            } else {
+                // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
+                (
+                    unsafe { bpf_probe_read_user((arg1 + 16) as *const u64) }.unwrap_or(0),
+                    unsafe { bpf_probe_read_user((arg1 + 24) as *const u64) }.unwrap_or(0),
+                )
+            };
             iovec(iov, iovlen, limit)
         }
         _ => {

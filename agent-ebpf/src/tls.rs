@@ -10,7 +10,7 @@ use aya_ebpf::{
 use tokenscope_common::{ssl_cookie, Counter, SslCall, Tuple, FLAG_TRUNCATED};
 
 use crate::{
-    emit::{admit, begin, direct, lost_from, starts_with_post},
+    emit::{admit, begin, direct, lost_from, opens_request},
     filter::process_allowed,
     maps::{agent_tgid, count, filters, CONN_STATE, SSL_ACTIVE},
 };
@@ -97,8 +97,8 @@ fn leave(ctx: &RetProbeContext) {
         moved as u32
     };
     let state = CONN_STATE.get_ptr_mut(&call.ssl);
-    let opens_with_post = state.is_none() && starts_with_post(call.buf);
-    let Some(limit) = admit(call.ssl, call_len, state, opens_with_post) else {
+    let opens_request = state.is_none() && opens_request(call.buf);
+    let Some(limit) = admit(call.ssl, call_len, state, opens_request) else {
         return;
     };
     if !begin(call.ssl, call.dir, call.source, call_len, |t| {

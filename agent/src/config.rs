@@ -128,7 +128,7 @@ impl Default for CaptureConfig {
         CaptureConfig {
             sockets: true,
             tls: true,
-            first_window_bytes: 64 * 1024,
+            first_window_bytes: 1024,
             call_cap_bytes: 256 * 1024,
             max_connections: 4096,
             exclude_comms: Vec::new(),

@@ -317,6 +317,7 @@ fn capture_loop(mut l: CaptureLoop) {
     let mut out = Output::default();
     let mut last_tick = Instant::now();
     let mut decode_errors = 0u64;
+    let mut overrun_bytes = 0u64;
     while !l.stop.load(Ordering::Relaxed) {
         {
             let mut fds = [PollFd::new(l.ring.as_fd(), PollFlags::POLLIN)];
@@ -328,7 +329,12 @@ fn capture_loop(mut l: CaptureLoop) {
                 None => break,
             };
             match decoded {
-                Ok(event) => handle(&mut l, event, &mut out),
+                Ok(event) => {
+                    if let Event::Data(d) = &event {
+                        overrun_bytes += u64::from(d.overrun);
+                    }
+                    handle(&mut l, event, &mut out)
+                }
                 Err(error) => {
                     decode_errors += 1;
                     tracing::debug!(event = "decode_error", %error);
@@ -343,7 +349,7 @@ fn capture_loop(mut l: CaptureLoop) {
             l.procs.evict(now);
             flush_output(&mut l, &mut out);
             gpu_tick(&mut l, false);
-            publish_counters(&l, decode_errors);
+            publish_counters(&l, decode_errors, overrun_bytes);
         }
     }
     // Calls still open at shutdown are reported as incomplete.
@@ -487,7 +493,7 @@ fn record_endpoint(l: &mut CaptureLoop, e: &EndpointRecord) {
     totals[2] += e.bytes_received;
 }
 
-fn publish_counters(l: &CaptureLoop, decode_errors: u64) {
+fn publish_counters(l: &CaptureLoop, decode_errors: u64, overrun_bytes: u64) {
     let metrics = &l.exporters.state().metrics;
     let mut stale_verdicts = 0;
     if let Ok(probes) = l.probes.lock() {
@@ -512,6 +518,9 @@ fn publish_counters(l: &CaptureLoop, decode_errors: u64) {
         ("calls", s.calls),
         ("decode_errors", decode_errors),
         ("stale_verdicts", stale_verdicts),
+        // Bytes the kernel copied past what a call moved (dropped; 0 when
+        // the probes clip as they should).
+        ("overrun_bytes", overrun_bytes),
     ] {
         metrics.set_agent_counter("tokenscope_streams_total", &[("counter", name)], value);
     }

@@ -93,6 +93,8 @@ pub struct Data {
     /// The rest of the call from `offset + payload.len()` was not captured.
     pub rest_lost: bool,
     pub payload: Vec<u8>,
+    /// Bytes the kernel sent past what the call moved, dropped here.
+    pub overrun: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,6 +171,7 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
             let h: DataHeader = pod_read_unaligned(head);
             let payload = &record[need..];
             let claimed = h.len as usize;
+            let within = (h.call_len as usize).saturating_sub(h.offset as usize);
             if payload.len() < claimed {
                 return Err(DecodeError::PayloadLength {
                     claimed,
@@ -196,7 +199,10 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
                 call_len: h.call_len,
                 offset: h.offset,
                 rest_lost: h.flags & (FLAG_TRUNCATED | FLAG_UNREADABLE) != 0,
-                payload: payload[..claimed].to_vec(),
+                // Bytes past what the call moved are not the connection's:
+                // a partly filled receive buffer holds whatever was there.
+                payload: payload[..claimed.min(within)].to_vec(),
+                overrun: claimed.saturating_sub(within) as u32,
             })
         }
         EventKind::Conn => {
@@ -271,6 +277,19 @@ mod tests {
         assert_eq!(ep.local, "127.0.0.1:40000".parse().unwrap());
         assert_eq!(ep.remote, "127.0.0.2:8080".parse().unwrap());
         assert!(!d.rest_lost);
+    }
+
+    #[test]
+    fn a_payload_never_runs_past_the_bytes_the_call_moved() {
+        // The call moved 10 bytes; a chunk at offset 4 holds at most 6 of them.
+        let mut h = header(16);
+        h.offset = 4;
+        let mut rec = bytes_of(&h).to_vec();
+        rec.extend_from_slice(b"0123456789abcdef");
+        let Event::Data(d) = decode(&rec).unwrap() else {
+            panic!("not data")
+        };
+        assert_eq!((d.payload.as_slice(), d.overrun), (&b"012345"[..], 10));
     }
 
     #[test]

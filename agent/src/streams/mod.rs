@@ -735,6 +735,22 @@ fn is_llm_path(path: &str) -> bool {
     MARKERS.iter().any(|m| path.contains(m))
 }
 
+/// Paths of the LLM APIs that are not calls themselves: OpenAI-style `/v1/`
+/// (models, files, batches), Gemini's `/v1beta/`, Azure's `/openai/`, and
+/// Ollama's model management.
+fn is_api_path(path: &str) -> bool {
+    const PREFIXES: [&str; 7] = [
+        "/v1/",
+        "/v1beta/",
+        "/openai/",
+        "/api/tags",
+        "/api/show",
+        "/api/ps",
+        "/api/version",
+    ];
+    PREFIXES.iter().any(|p| path.starts_with(p))
+}
+
 fn drain(conn: &mut Conn, stats: &mut StreamStats, tap: bool, out: &mut Output) {
     let conn_ref = conn.conn_ref();
     let Phase::Http {
@@ -758,7 +774,12 @@ fn drain(conn: &mut Conn, stats: &mut StreamStats, tap: bool, out: &mut Output) 
             if !*decided {
                 *decided = true;
                 let host = head.authority.as_deref().unwrap_or("");
-                let llm = is_llm_path(&head.path) || provider_for_host(host).is_some();
+                // An API path that is not itself a call (a model list, a
+                // health check on an inference server) keeps the connection
+                // captured: a client's pool sends its next calls on it.
+                let llm = is_llm_path(&head.path)
+                    || is_api_path(&head.path)
+                    || provider_for_host(host).is_some();
                 out.verdicts
                     .push((conn_ref, if llm { Verdict::Capture } else { Verdict::Mute }));
                 if !llm {

@@ -19,6 +19,7 @@ fn data(pid: u32, conn_id: u64, local: &str, remote: &str, flow: Flow, bytes: &[
         call_len: bytes.len() as u32,
         offset: 0,
         rest_lost: false,
+        overrun: 0,
         payload: bytes.to_vec(),
     }
 }
@@ -121,4 +122,28 @@ fn verdicts_carry_the_time_of_the_latest_event_seen_on_the_connection() {
             Verdict::Cipher
         )]
     );
+}
+
+#[test]
+fn a_connection_that_opens_with_a_model_list_stays_captured_for_the_calls_after_it() {
+    let (client, server) = ("127.0.0.1:50002", "127.0.0.1:11434");
+    for (path, verdict) in [
+        ("/v1/models", Verdict::Capture),
+        ("/api/tags", Verdict::Capture),
+        ("/metrics", Verdict::Mute),
+        ("/healthz", Verdict::Mute),
+    ] {
+        let mut table = StreamTable::new(StreamLimits::default());
+        let mut out = Output::default();
+        let head = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        table.on_data(
+            data(10, 9, client, server, Flow::Egress, head.as_bytes()),
+            &mut out,
+        );
+        assert_eq!(
+            out.verdicts.iter().map(|v| v.1).collect::<Vec<_>>(),
+            vec![verdict],
+            "{path}"
+        );
+    }
 }
