@@ -86,7 +86,8 @@ fn enter(ctx: &ProbeContext, dir: u8) {
         len_ptr: args.g,
         dir,
         source: SOURCE_TLS_GO,
-        _pad: [0; 6],
+        used_socket: 0,
+        _pad: [0; 5],
     };
     let _ = SSL_ACTIVE.insert(&pid_tgid, &active, 0);
     let saved = SslCall {

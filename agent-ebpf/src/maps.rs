@@ -4,7 +4,9 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tokenscope_common::{ConnState, Counter, Offsets, SslCall, COUNTER_COUNT, SCRATCH_SIZE};
+use tokenscope_common::{
+    ConnState, Counter, Offsets, PendingWrite, SslCall, COUNTER_COUNT, SCRATCH_SIZE,
+};
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
@@ -20,6 +22,10 @@ pub static SSL_ACTIVE: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(1
 
 #[map]
 pub static TLS_LINKED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Memory-BIO SSL writes whose ciphertext the thread has yet to send, by pid_tgid.
+#[map]
+pub static PENDING_WRITE: LruHashMap<u64, PendingWrite> = LruHashMap::with_max_entries(16384, 0);
 
 /// Go `crypto/tls` calls in flight by `[tgid, g]`; see `gotls.rs`.
 #[map]
@@ -61,6 +67,8 @@ static OFFSETS: Offsets = Offsets {
     sk_type: 0,
     task_real_parent: 0,
     task_tgid: 0,
+    sk_state: 0,
+    _pad: 0,
 };
 
 // Globals are patched by the loader; volatile reads stop the compiler from

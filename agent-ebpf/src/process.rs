@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use tokenscope_common::{Counter, EventKind, ProcEvent};
 
-use crate::maps::{count, offsets, EVENTS, SSL_ACTIVE};
+use crate::maps::{count, offsets, EVENTS, PENDING_WRITE, SSL_ACTIVE};
 
 /// `sched_process_exec` format: `__data_loc char[] filename` at 8.
 const EXEC_FILENAME_LOC: usize = 8;
@@ -29,6 +29,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     // A thread that dies inside an SSL call (a Go program exiting while its
     // reader blocks in `(*Conn).Read`) leaves no entry behind.
     let _ = SSL_ACTIVE.remove(&pid_tgid);
+    let _ = PENDING_WRITE.remove(&pid_tgid);
     // One exit per process: only the thread-group leader's.
     if (pid_tgid >> 32) as u32 == pid_tgid as u32 {
         emit(&ctx, EventKind::Exit);

@@ -20,7 +20,8 @@ use crate::{
     emit::{admit, begin, direct, iovec, lost_from, opens_request},
     filter::{ports_allowed, process_allowed},
     maps::{
-        agent_tgid, count, filters, offsets, CONN_STATE, EVENTS, GO_CALLS, SSL_ACTIVE, TLS_LINKED,
+        agent_tgid, count, filters, offsets, CONN_STATE, EVENTS, GO_CALLS, PENDING_WRITE,
+        SSL_ACTIVE, TLS_LINKED,
     },
 };
 
@@ -165,9 +166,12 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
             }
             count(Counter::Muted, 1);
             let pid_tgid = bpf_get_current_pid_tgid();
-            if let Some(call) = unsafe { SSL_ACTIVE.get(&pid_tgid) } {
-                if in_tls_call(call) {
-                    link_tls(call.ssl, sk);
+            if link_active_call(pid_tgid, sk) {
+                return;
+            }
+            if dir == DIR_EGRESS {
+                if let Some(ssl) = take_pending_write(pid_tgid) {
+                    link_tls(ssl, sk);
                     return;
                 }
             }
@@ -192,13 +196,16 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
     if sk_type != SOCK_STREAM {
         return;
     }
+    // A call that returns after the connection closed (a TLS close_notify
+    // answered by a reset) would make an entry no close removes: it would
+    // outlive the socket and land on the next one at that address.
+    if state.is_none() && closed(sk) {
+        return;
+    }
 
     // A socket call inside an SSL call carries ciphertext: link the two, skip the bytes.
-    if let Some(call) = unsafe { SSL_ACTIVE.get(&pid_tgid) } {
-        if in_tls_call(call) {
-            link_tls(call.ssl, sk);
-            return;
-        }
+    if link_active_call(pid_tgid, sk) {
+        return;
     }
 
     // A new connection meets the include/exclude filters once; one that
@@ -227,19 +234,24 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
     let nr: u64 = read_kernel(regs + REG_ORIG_AX as u64).unwrap_or(u64::MAX);
     let arg1: u64 = read_kernel(regs + REG_SI as u64).unwrap_or(0);
     let arg2: u64 = read_kernel(regs + REG_DX as u64).unwrap_or(0);
+
+    // The ciphertext of a memory-BIO SSL write that just returned on this
+    // thread, before user space has marked the socket TLS: the bytes must
+    // be a TLS application-data record, so a plain socket written meanwhile
+    // is never taken for it.
+    if dir == DIR_EGRESS && unsafe { PENDING_WRITE.get(&pid_tgid) }.is_some() {
+        let head = first_buffer(nr, arg1);
+        if head != 0
+            && unsafe { bpf_probe_read_user(head as *const [u8; 3]) } == Ok([0x17, 0x03, 0x03])
+        {
+            if let Some(ssl) = take_pending_write(pid_tgid) {
+                link_tls(ssl, sk);
+                return;
+            }
+        }
+    }
     // A new connection's first user buffer, to spot a request line.
-    let opens_request = state.is_none()
-        && opens_request(match nr {
-            SYS_READ | SYS_WRITE | SYS_SENDTO | SYS_RECVFROM => arg1,
-            SYS_READV | SYS_WRITEV => {
-                unsafe { bpf_probe_read_user(arg1 as *const u64) }.unwrap_or(0)
-            }
-            SYS_SENDMSG | SYS_RECVMSG => {
-                let iov = unsafe { bpf_probe_read_user((arg1 + 16) as *const u64) }.unwrap_or(0);
-                unsafe { bpf_probe_read_user(iov as *const u64) }.unwrap_or(0)
-            }
-            _ => 0,
-        });
+    let opens_request = state.is_none() && opens_request(first_buffer(nr, arg1));
     let Some(limit) = admit(sk, call_len, state, opens_request) else {
         return;
     };
@@ -273,6 +285,56 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
         count(Counter::Truncated, 1);
         lost_from(sent, FLAG_TRUNCATED);
     }
+}
+
+/// Whether the socket's TCP state is CLOSE (its close has been seen already).
+#[inline(always)]
+fn closed(sk: u64) -> bool {
+    read_kernel::<u8>(sk + offsets().sk_state as u64).unwrap_or(0) == TCP_CLOSE as u8
+}
+
+/// The first user buffer of the socket call `nr` whose first argument after
+/// the descriptor is `arg1`; 0 if unknown.
+#[inline(always)]
+fn first_buffer(nr: u64, arg1: u64) -> u64 {
+    match nr {
+        SYS_READ | SYS_WRITE | SYS_SENDTO | SYS_RECVFROM => arg1,
+        SYS_READV | SYS_WRITEV => unsafe { bpf_probe_read_user(arg1 as *const u64) }.unwrap_or(0),
+        SYS_SENDMSG | SYS_RECVMSG => {
+            let iov = unsafe { bpf_probe_read_user((arg1 + 16) as *const u64) }.unwrap_or(0);
+            unsafe { bpf_probe_read_user(iov as *const u64) }.unwrap_or(0)
+        }
+        _ => 0,
+    }
+}
+
+/// Links the socket to the SSL call in progress on this thread, if the call
+/// is this socket call's (its ciphertext); marks the call as using a socket.
+#[inline(always)]
+fn link_active_call(pid_tgid: u64, sk: u64) -> bool {
+    let Some(call) = SSL_ACTIVE.get_ptr_mut(&pid_tgid) else {
+        return false;
+    };
+    let call = unsafe { &mut *call };
+    if !in_tls_call(call) {
+        return false;
+    }
+    call.used_socket = 1;
+    link_tls(call.ssl, sk);
+    true
+}
+
+/// The SSL object of a memory-BIO write this thread returned from in the
+/// last 10 ms, taken once.
+#[inline(always)]
+fn take_pending_write(pid_tgid: u64) -> Option<u64> {
+    let pending = unsafe { PENDING_WRITE.get(&pid_tgid) }.copied()?;
+    let _ = PENDING_WRITE.remove(&pid_tgid);
+    let age = unsafe { bpf_ktime_get_ns() }.wrapping_sub(pending.ts_ns);
+    if age > 10_000_000 {
+        return None;
+    }
+    Some(pending.ssl)
 }
 
 /// Whether this socket call is made by the SSL call saved for the thread.
@@ -313,9 +375,10 @@ fn link_tls(ssl: u64, sk: u64) {
     };
     match CONN_STATE.get_ptr_mut(&sk) {
         Some(existing) => unsafe { (*existing).verdict = VERDICT_CIPHER },
-        None => {
+        None if !closed(sk) => {
             let _ = CONN_STATE.insert(&sk, &state, 0);
         }
+        None => {}
     }
     if let Some(mut entry) = EVENTS.reserve::<TlsLinkEvent>(0) {
         let event = entry.as_mut_ptr();

@@ -2,17 +2,19 @@
 //! variants: the entry saves the buffer, the return probe copies what moved.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
     EbpfContext,
 };
-use tokenscope_common::{ssl_cookie, Counter, SslCall, Tuple, FLAG_TRUNCATED};
+use tokenscope_common::{
+    ssl_cookie, Counter, PendingWrite, SslCall, Tuple, DIR_EGRESS, FLAG_TRUNCATED,
+};
 
 use crate::{
     emit::{admit, begin, direct, lost_from, opens_request},
     filter::process_allowed,
-    maps::{agent_tgid, count, filters, CONN_STATE, SSL_ACTIVE},
+    maps::{agent_tgid, count, filters, CONN_STATE, PENDING_WRITE, SSL_ACTIVE},
 };
 
 /// Entry of `SSL_read`/`SSL_write`, their `_ex` variants, or the internal
@@ -60,7 +62,8 @@ fn enter(ctx: &ProbeContext, cookie: u64) {
         len_ptr,
         dir,
         source,
-        _pad: [0; 6],
+        used_socket: 0,
+        _pad: [0; 5],
     };
     let _ = SSL_ACTIVE.insert(&pid_tgid, &call, 0);
 }
@@ -76,6 +79,15 @@ fn leave(ctx: &RetProbeContext) {
     };
     let _ = SSL_ACTIVE.remove(&pid_tgid);
     let ret: i64 = ctx.ret();
+    if call.used_socket == 0 && call.dir == DIR_EGRESS {
+        // A memory BIO: the library's caller writes the ciphertext to the
+        // socket once the call returns, on this thread. That write links them.
+        let pending = PendingWrite {
+            ssl: call.ssl,
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        };
+        let _ = PENDING_WRITE.insert(&pid_tgid, &pending, 0);
+    }
     let moved: u64 = if call.len_ptr != 0 {
         if ret as i32 != 1 {
             return;

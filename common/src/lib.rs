@@ -289,9 +289,22 @@ pub struct SslCall {
     pub dir: u8,
     /// The `SOURCE_TLS_*` library kind.
     pub source: u8,
-    pub _pad: [u8; 6],
+    /// Set by the socket programs when the call moved bytes over a socket
+    /// itself (a socket BIO); a call without it works on memory BIOs.
+    pub used_socket: u8,
+    pub _pad: [u8; 5],
 }
 const _: () = assert!(core::mem::size_of::<SslCall>() == 32);
+
+/// A write through a memory BIO (Node's TLS): the SSL object, and when the
+/// call returned. The thread's next socket write carries its ciphertext.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PendingWrite {
+    pub ssl: u64,
+    pub ts_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<PendingWrite>() == 16);
 
 /// Kernel struct offsets the programs need, read from BTF by user space.
 #[repr(C)]
@@ -307,8 +320,11 @@ pub struct Offsets {
     pub sk_type: u32,
     pub task_real_parent: u32,
     pub task_tgid: u32,
+    /// `sock.__sk_common.skc_state` (a u8).
+    pub sk_state: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Offsets>() == 40);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 48);
 
 /// Drop and truncation counters, one slot each in [`COUNTERS_MAP`].
 #[repr(u32)]

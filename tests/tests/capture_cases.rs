@@ -246,15 +246,14 @@ fn tls_records_carry_the_connection_tuple() {
     let pid = run_client(node_fetch(&base, &["tuple-node"]), "node fetch");
     let node = calls_in_order(&agent, "node fetch over TLS", pid, &["tuple-node"]);
     // Issue #3: every captured chunk carries the local and peer address; a
-    // TLS call is tied to its socket. Node writes its ciphertext from a
-    // memory BIO after SSL_write returns, outside the SSL call, so the
-    // same-thread link does not see it: Node's records have no tuple yet
-    // (noted on the issue). Python's socket BIO is held to it.
+    // TLS call is tied to its socket. Python's socket BIO writes inside the
+    // SSL call; Node writes its ciphertext from a memory BIO right after
+    // SSL_write returns, and that write links them.
     assert!(
         node.iter().all(|r| r["tls"] == "openssl-embedded"),
         "{node:#?}"
     );
-    for r in py.iter() {
+    for r in py.iter().chain(node.iter()) {
         assert_eq!(
             r["peer"],
             format!("127.0.0.1:{}", server.port),

@@ -366,8 +366,19 @@ fn every_dashboard_and_alert_expression_returns_data_from_a_real_agent() {
         assert!(child.wait_with_output().expect("python").status.success());
     }
     let tls_url = format!("{}/v1/chat/completions", tls.base());
-    for _ in 0..20 {
-        client_pids.push(curl_call(&tls_url, "rate-limited"));
+    // The 429s in two rounds, the first scraped before the second: a series
+    // born with all its calls counted shows no rate() for the alert to see.
+    for round in 1..=2usize {
+        for _ in 0..10 {
+            client_pids.push(curl_call(&tls_url, "rate-limited"));
+        }
+        prometheus.wait_for(
+            "a round of 429s scraped",
+            &format!(
+                "sum(tokenscope_llm_rate_limited_calls_total{{side=\"client\"}}) >= {}",
+                10 * round
+            ),
+        );
     }
     // No catalogue prices a self-hosted llama.
     client_pids.push(curl_call(&tls_url, "llama-3.1-8b"));

@@ -131,7 +131,14 @@ fn main() -> Result<()> {
             run_cmd(
                 Command::new("cargo")
                     .current_dir(&root)
-                    .args(["test", "--workspace", "--lib", "--bins", "--tests"])
+                    .args([
+                        "test",
+                        "--workspace",
+                        "--no-fail-fast",
+                        "--lib",
+                        "--bins",
+                        "--tests",
+                    ])
                     .args(&args),
                 "cargo test",
             )?;

@@ -39,6 +39,8 @@ pub fn kernel_offsets() -> Result<Offsets, BtfError> {
         sk_type: sock("sk_type")?,
         task_real_parent: task("real_parent")?,
         task_tgid: task("tgid")?,
+        sk_state: sock("skc_state")?,
+        _pad: 0,
     })
 }
 
