@@ -462,8 +462,9 @@ fn flush_output(l: &mut CaptureLoop, out: &mut Output) {
 /// A TLS connection to an AI endpoint that was not decrypted: counted per
 /// endpoint and team, and logged.
 fn record_endpoint(l: &mut CaptureLoop, e: &EndpointRecord) {
+    use crate::record::endpoint::{EndpointConnection, Observed};
     let info = l.procs.lookup(e.pid, &e.comm, e.cgroup_id);
-    let mut who = crate::attribution::attribute(info, e.pid, &e.comm, None);
+    let mut who = crate::attribution::attribute(info, e.pid, &e.comm, l.enricher.node.as_deref());
     if let Some(pods) = &l.enricher.pods {
         if let Some(pod) = who.pod_uid.as_deref().and_then(|uid| pods.by_uid(uid)) {
             crate::pipeline::apply_pod(&mut who, pod);
@@ -483,6 +484,19 @@ fn record_endpoint(l: &mut CaptureLoop, e: &EndpointRecord) {
         team = %team,
         "TLS connection to an AI endpoint, not decrypted"
     );
+    let clock = &l.enricher.clock;
+    l.exporters.record_endpoint(&EndpointConnection::new(
+        Observed {
+            server_address: e.server_name.clone(),
+            start_time_unix_nano: clock.unix_ns(e.start_ns),
+            end_time_unix_nano: clock.unix_ns(e.end_ns),
+            bytes_sent: e.bytes_sent,
+            bytes_received: e.bytes_received,
+            local: e.endpoints.map(|ep| ep.local.to_string()),
+            peer: e.endpoints.map(|ep| ep.remote.to_string()),
+        },
+        who,
+    ));
     let key = (e.server_name.clone(), team, namespace, workload);
     if l.endpoint_totals.len() >= 1024 && !l.endpoint_totals.contains_key(&key) {
         return;

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod endpoint;
 pub mod wire;
 
 /// Who served the call, as recognised from host, path and body shape.

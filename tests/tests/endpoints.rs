@@ -98,14 +98,37 @@ fn undecrypted_tls_to_ai_endpoints_is_counted_by_server_name() {
         "{}",
         tail(&log, 20)
     );
-    // Nothing was decrypted, so no call record claims this traffic.
+    // Nothing was decrypted, so no call record claims this traffic; the
+    // event file holds one endpoint record per connection instead.
+    let records = agent.records();
     assert!(
-        agent
-            .records()
+        records
             .iter()
+            .filter(|r| r["record"].is_null())
             .all(|r| r["process"]["comm"] != "java"),
         "Java's TLS is not decrypted"
     );
+    let java: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["record"] == "endpoint" && r["process"]["comm"] == "java")
+        .collect();
+    assert_eq!(java.len(), 2, "{records:#?}");
+    for r in java {
+        assert_eq!(r["server_address"], "api.anthropic.com", "{r:#}");
+        assert!(r["bytes_sent"].as_u64().is_some_and(|b| b > 200), "{r:#}");
+        assert!(
+            r["bytes_received"].as_u64().is_some_and(|b| b > 300),
+            "{r:#}"
+        );
+        assert_eq!(r["peer"], format!("127.0.0.1:{}", server.port), "{r:#}");
+        assert!(r["duration_s"].as_f64().is_some_and(|d| d > 0.0), "{r:#}");
+        assert!(
+            r["start_time_unix_nano"]
+                .as_u64()
+                .is_some_and(|t| t > 1_700_000_000_000_000_000),
+            "{r:#}"
+        );
+    }
 }
 
 #[test]

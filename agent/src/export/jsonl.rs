@@ -1,4 +1,5 @@
-//! JSON Lines event log: one `CallRecord` per line.
+//! JSON Lines event log: one `CallRecord` per line, and one line per AI
+//! endpoint connection that was not decrypted (`"record":"endpoint"`).
 //!
 //! `record` serialises and hands the line to a dedicated writer thread over a
 //! bounded channel (`try_send`; a full queue is a counted drop, never a wait).
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::metrics::lock;
 use super::{redacted, ExportError, Exporter, SelfCounter};
-use crate::record::CallRecord;
+use crate::record::{endpoint::EndpointConnection, CallRecord};
 
 #[derive(Clone, Debug)]
 pub struct JsonlOptions {
@@ -123,6 +124,20 @@ impl Exporter for JsonlWriter {
 
     fn export(&self, record: &CallRecord) {
         let mut line = match serde_json::to_vec(&redacted(record)) {
+            Ok(line) => line,
+            Err(_) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        line.push(b'\n');
+        if !self.send(Message::Line(line)) {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn export_endpoint(&self, connection: &EndpointConnection) {
+        let mut line = match serde_json::to_vec(connection) {
             Ok(line) => line,
             Err(_) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);

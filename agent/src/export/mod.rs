@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::record::CallRecord;
+use crate::record::{endpoint::EndpointConnection, CallRecord};
 use metrics::{lock, Metrics, DEFAULT_SERIES_LIMIT};
 
 /// Errors of starting, flushing or stopping an exporter.
@@ -75,6 +75,9 @@ impl SelfCounter {
 pub trait Exporter: Send + Sync {
     fn name(&self) -> &'static str;
     fn export(&self, record: &CallRecord);
+    /// An AI endpoint connection whose plaintext was out of reach. Sinks
+    /// without a place for it ignore it (its figures are metrics as well).
+    fn export_endpoint(&self, _connection: &EndpointConnection) {}
     fn flush(&self) -> Result<(), ExportError>;
     fn shutdown(&self) -> Result<(), ExportError>;
     fn self_counters(&self) -> Vec<SelfCounter> {
@@ -280,6 +283,13 @@ impl Exporters {
         self.state.recent.push(record);
         for sink in &self.state.sinks {
             sink.export(record);
+        }
+    }
+
+    /// Hands an endpoint connection to every sink.
+    pub fn record_endpoint(&self, connection: &EndpointConnection) {
+        for sink in &self.state.sinks {
+            sink.export_endpoint(connection);
         }
     }
 

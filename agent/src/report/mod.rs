@@ -170,6 +170,8 @@ pub struct ReadStats {
     pub bad_lines: u64,
     /// Line numbers (1-based, per file) of the first few bad lines.
     pub first_bad_lines: Vec<u64>,
+    /// Endpoint connections (not decrypted) in the files; not calls.
+    pub endpoint_lines: u64,
 }
 
 const FIRST_BAD_LINES_KEPT: usize = 10;
@@ -208,6 +210,11 @@ pub fn read_records(
         }
         let text = line.trim_ascii();
         if text.is_empty() {
+            continue;
+        }
+        if crate::record::endpoint::is_endpoint_line(text) {
+            // Endpoint connections that were not decrypted: no call to report.
+            stats.endpoint_lines += 1;
             continue;
         }
         stats.lines += 1;

@@ -525,6 +525,39 @@ fn bad_and_oversized_lines_are_counted_not_fatal() {
 }
 
 #[test]
+fn endpoint_lines_in_the_same_file_are_counted_apart_from_calls() {
+    use crate::record::endpoint::{EndpointConnection, Observed};
+    let good = serde_json::to_string(
+        fixture_records()
+            .first()
+            .unwrap_or_else(|| panic!("records")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let endpoint = EndpointConnection::new(
+        Observed {
+            server_address: "api.anthropic.com".into(),
+            start_time_unix_nano: T0_S * S,
+            end_time_unix_nano: T0_S * S + S,
+            bytes_sent: 800,
+            bytes_received: 2400,
+            local: None,
+            peer: None,
+        },
+        crate::record::Attribution::default(),
+    );
+    let endpoint = serde_json::to_string(&endpoint).unwrap_or_else(|e| panic!("{e}"));
+    let text = format!("{endpoint}\n{good}\n{endpoint}\n");
+    let mut stats = ReadStats::default();
+    let mut records = Vec::new();
+    read_records(&mut text.as_bytes(), &mut stats, &mut records).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        (stats.lines, stats.bad_lines, stats.endpoint_lines),
+        (1, 0, 2)
+    );
+}
+
+#[test]
 fn since_accepts_durations_and_rfc3339() {
     let now = (T0_S + 3600) * S;
     let ok = |s: &str| parse_since(s, now).unwrap_or_else(|e| panic!("{s}: {e}"));
