@@ -114,35 +114,47 @@ pub fn render_head(meta: &ConnMeta, event: &HttpEvent) -> Vec<String> {
     lines
 }
 
-/// Open dump files, per (connection, direction).
+/// Open dump files, per (process, connection, direction). Connection ids
+/// are socket and SSL object addresses, which the kernel and libraries
+/// reuse: a connection's files are closed when it closes, and a later
+/// connection with the same id gets files of its own (`-2`, `-3`, ...).
 struct Dumper {
     dir: PathBuf,
-    files: HashMap<(u64, bool), File>,
+    files: HashMap<(u32, u64, bool), File>,
 }
 
 impl Dumper {
     fn write(&mut self, conn_id: u64, pid: u32, flow: Flow, bytes: &[u8]) -> anyhow::Result<()> {
         let out = flow == Flow::Egress;
-        if !self.files.contains_key(&(conn_id, out)) {
+        let key = (pid, conn_id, out);
+        if !self.files.contains_key(&key) {
             // A file per connection; bounded by the table's connection limit.
             if self.files.len() >= 4096 {
                 self.files.clear();
             }
-            let path = self.dir.join(format!(
-                "{pid}-{conn_id:x}.{}",
-                if out { "out" } else { "in" }
-            ));
+            let ext = if out { "out" } else { "in" };
+            let mut path = self.dir.join(format!("{pid}-{conn_id:x}.{ext}"));
+            let mut n = 2;
+            while path.exists() {
+                path = self.dir.join(format!("{pid}-{conn_id:x}-{n}.{ext}"));
+                n += 1;
+            }
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)
                 .with_context(|| format!("opening {}", path.display()))?;
-            self.files.insert((conn_id, out), file);
+            self.files.insert(key, file);
         }
-        if let Some(file) = self.files.get_mut(&(conn_id, out)) {
+        if let Some(file) = self.files.get_mut(&key) {
             file.write_all(bytes)?;
         }
         Ok(())
+    }
+
+    /// The connection closed: its id may come back as another connection.
+    fn close(&mut self, conn_id: u64) {
+        self.files.retain(|(_, id, _), _| *id != conn_id);
     }
 }
 
@@ -189,6 +201,7 @@ pub fn run(args: &CaptureArgs) -> anyhow::Result<()> {
     let mut streams = StreamTable::new(StreamLimits::default());
     streams.set_tap(true);
     let mut out = Output::default();
+    let mut closed: Vec<u64> = Vec::new();
     let started = Instant::now();
     let deadline = args.duration_s.map(Duration::from_secs);
     let stdout = std::io::stdout();
@@ -215,7 +228,11 @@ pub fn run(args: &CaptureArgs) -> anyhow::Result<()> {
                     ts_ns,
                     sent,
                     received,
-                } => streams.on_close(conn_id, ts_ns, sent, received, &mut out),
+                } => {
+                    streams.on_close(conn_id, ts_ns, sent, received, &mut out);
+                    // After the closed connection's last bytes are written.
+                    closed.push(conn_id);
+                }
                 Event::TlsLink {
                     ssl,
                     sock,
@@ -273,6 +290,12 @@ pub fn run(args: &CaptureArgs) -> anyhow::Result<()> {
                     p.forget(conn_id);
                 }
             }
+            if let Some(d) = dumper.as_mut() {
+                for conn_id in closed.drain(..) {
+                    d.close(conn_id);
+                }
+            }
+            closed.clear();
             out.calls.clear();
         }
     }
