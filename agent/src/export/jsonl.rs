@@ -72,6 +72,21 @@ impl std::fmt::Debug for JsonlWriter {
 }
 
 impl JsonlWriter {
+    /// Serialises one line and queues it; a full queue counts a drop.
+    fn queue(&self, value: &impl serde::Serialize) {
+        let mut line = match serde_json::to_vec(value) {
+            Ok(line) => line,
+            Err(_) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        line.push(b'\n');
+        if !self.send(Message::Line(line)) {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Opens (creating parent directories) and starts the writer thread.
     pub fn start(options: JsonlOptions) -> Result<Self, ExportError> {
         if let Some(parent) = options.path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -123,31 +138,11 @@ impl Exporter for JsonlWriter {
     }
 
     fn export(&self, record: &CallRecord) {
-        let mut line = match serde_json::to_vec(&redacted(record)) {
-            Ok(line) => line,
-            Err(_) => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        };
-        line.push(b'\n');
-        if !self.send(Message::Line(line)) {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        self.queue(&redacted(record));
     }
 
     fn export_endpoint(&self, connection: &EndpointConnection) {
-        let mut line = match serde_json::to_vec(connection) {
-            Ok(line) => line,
-            Err(_) => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        };
-        line.push(b'\n');
-        if !self.send(Message::Line(line)) {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        self.queue(connection);
     }
 
     /// Waits until every line queued before the call is written and flushed.
