@@ -648,3 +648,67 @@ async fn gpu_float_counters_arrive_as_monotonic_sums() {
     let stop = Arc::clone(&exporter);
     let _ = tokio::task::spawn_blocking(move || stop.shutdown()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecrypted_endpoint_connection_arrives_as_a_client_span() {
+    use tokenscope::record::endpoint::{EndpointConnection, Observed};
+    use tokenscope::record::Attribution;
+    let receiver = Receiver::start(Transport::Http).await;
+    let mut options = OtlpOptions::new(
+        format!("http://{}", receiver.address),
+        OtlpProtocol::HttpProtobuf,
+    );
+    options.timeout = Duration::from_secs(1);
+    let exporter = Arc::new(OtlpExporter::start(&options).expect("start exporter"));
+    let connection = EndpointConnection::new(
+        Observed {
+            server_address: "api.anthropic.com".into(),
+            start_time_unix_nano: 1_800_000_000_000_000_000,
+            end_time_unix_nano: 1_800_000_000_750_000_000,
+            bytes_sent: 796,
+            bytes_received: 2416,
+            local: Some("10.1.2.3:40000".into()),
+            peer: Some("160.79.104.10:443".into()),
+        },
+        Attribution {
+            pid: 4242,
+            comm: "java".into(),
+            namespace: Some("shop".into()),
+            pod: Some("checkout-7d9".into()),
+            team: Some("payments".into()),
+            ..Attribution::default()
+        },
+    );
+    exporter.export_endpoint(&connection);
+    flush(&exporter).await;
+    {
+        let received = lock(&receiver.received);
+        let spans: Vec<&Span> = received
+            .traces
+            .iter()
+            .flat_map(|t| &t.resource_spans)
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+            .collect();
+        assert_eq!(spans.len(), 1, "{spans:#?}");
+        let span = spans[0];
+        assert_eq!(span.name, "tls api.anthropic.com");
+        assert_eq!(span.kind, SpanKind::Client as i32);
+        assert_eq!(span.start_time_unix_nano, 1_800_000_000_000_000_000);
+        assert_eq!(span.end_time_unix_nano, 1_800_000_000_750_000_000);
+        assert_eq!(
+            attr_text(&span.attributes, "server.address").as_deref(),
+            Some("api.anthropic.com")
+        );
+        assert_eq!(
+            attr_text(&span.attributes, "tokenscope.team").as_deref(),
+            Some("payments")
+        );
+        assert_eq!(
+            attr(&span.attributes, "tokenscope.bytes_received"),
+            Some(&any_value::Value::IntValue(2416))
+        );
+    }
+    let stop = Arc::clone(&exporter);
+    let _ = tokio::task::spawn_blocking(move || stop.shutdown()).await;
+}

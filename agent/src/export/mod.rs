@@ -9,6 +9,7 @@
 pub mod jsonl;
 pub mod metrics;
 pub mod otlp;
+mod otlp_endpoint;
 pub mod prometheus;
 pub mod server;
 

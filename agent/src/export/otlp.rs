@@ -34,8 +34,9 @@ use super::metrics::{
     error_type, is_rate_limited, side_str, token_counts, FloatKind, LabelSet, Metrics, SeriesGate,
     DURATION_BUCKETS, FLOAT_FAMILIES, TOKEN_BUCKETS, TOKEN_TYPES, TTFT_BUCKETS,
 };
+use super::otlp_endpoint::endpoint_span;
 use super::{ExportError, Exporter, SelfCounter};
-use crate::record::{CallRecord, Side};
+use crate::record::{endpoint::EndpointConnection, CallRecord, Side};
 
 /// OTLP transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +96,7 @@ pub struct OtlpStats {
 
 enum SpanMessage {
     Call(Box<CallRecord>),
+    Endpoint(Box<EndpointConnection>),
     Flush(std_mpsc::SyncSender<()>),
 }
 
@@ -453,6 +455,13 @@ impl Exporter for OtlpExporter {
         }
     }
 
+    fn export_endpoint(&self, connection: &EndpointConnection) {
+        let message = SpanMessage::Endpoint(Box::new(connection.clone()));
+        if self.stopped.load(Ordering::Relaxed) || self.spans.try_send(message).is_err() {
+            self.stats.spans_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Exports queued spans and pushes the metric totals now. Blocking.
     fn flush(&self) -> Result<(), ExportError> {
         if self.stopped.load(Ordering::Relaxed) {
@@ -534,6 +543,7 @@ async fn export_spans(
         while let Some(message) = next.take() {
             match message {
                 SpanMessage::Call(record) => batch.push(span(&record, &ids)),
+                SpanMessage::Endpoint(c) => batch.push(endpoint_span(&c, &ids)),
                 SpanMessage::Flush(ack) => acks.push(ack),
             }
             if batch.len() < batch_size {
@@ -570,7 +580,7 @@ fn resource(options: &OtlpOptions) -> Resource {
         .build()
 }
 
-fn scope() -> InstrumentationScope {
+pub(super) fn scope() -> InstrumentationScope {
     InstrumentationScope::builder("tokenscope")
         .with_version(env!("CARGO_PKG_VERSION"))
         .build()
