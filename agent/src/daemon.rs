@@ -347,6 +347,9 @@ fn capture_loop(mut l: CaptureLoop) {
             let now = monotonic_ns();
             l.streams.sweep(now, &mut out);
             l.procs.evict(now);
+            if let Ok(mut probes) = l.probes.lock() {
+                probes.sweep_go_calls();
+            }
             flush_output(&mut l, &mut out);
             gpu_tick(&mut l, false);
             publish_counters(&l, decode_errors, overrun_bytes);

@@ -348,3 +348,37 @@ pub fn spawn_fake_llm(cmd: &mut Command) -> (Guard, u16) {
         .unwrap_or_else(|| panic!("fake_llm.py said {line:?}"));
     (Guard(child), port)
 }
+
+/// Entries in one of this agent's BPF maps, by map name. The maps of other
+/// agents on the node (other test runs) are told apart by the map ids in the
+/// fdinfo of this agent's file descriptors.
+pub fn map_entries(agent_pid: u32, name: &str) -> usize {
+    let ids: Vec<u64> = std::fs::read_dir(format!("/proc/{agent_pid}/fdinfo"))
+        .expect("agent fdinfo")
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("map_id:"))
+                .and_then(|id| id.trim().parse().ok())
+        })
+        .collect();
+    let maps: Vec<Value> =
+        serde_json::from_str(&run_ok(Command::new("bpftool").args(["map", "show", "-j"])))
+            .expect("bpftool map JSON");
+    let id = maps
+        .iter()
+        .filter(|m| m["name"] == name)
+        .filter_map(|m| m["id"].as_u64())
+        .find(|id| ids.contains(id))
+        .unwrap_or_else(|| panic!("no {name} map among the agent's maps {ids:?}"));
+    let dump: Vec<Value> = serde_json::from_str(&run_ok(Command::new("bpftool").args([
+        "map",
+        "dump",
+        "id",
+        &id.to_string(),
+        "-j",
+    ])))
+    .expect("bpftool dump JSON");
+    dump.len()
+}

@@ -126,4 +126,40 @@ fn go_crypto_tls_calls_are_captured_with_and_without_symbols() {
     }
     let events = std::fs::read_to_string(&agent.events).expect("events");
     assert!(!events.contains("SECRET"), "an API key leaked");
+
+    // Go's HTTP transport keeps a goroutine blocked in (*Conn).Read until
+    // the process exits, and a program may be killed mid-Read: either way
+    // the call stays in flight in the kernel map. The agent drops the
+    // entries of processes that are gone.
+    let agent_pid = agent.guard.0.id();
+    let go_calls = || map_entries(agent_pid, "GO_CALLS");
+    let settled = |what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while go_calls() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "GO_CALLS kept {} entries {what}",
+                go_calls()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    settled("of Go clients that exited");
+    let mut slow = Command::new(&full)
+        .args([base.as_str(), "slow", "1500"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("go client");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while go_calls() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow Go client's Read never showed in GO_CALLS"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    slow.kill().expect("kill the go client");
+    let _ = slow.wait();
+    settled("of a killed Go client");
 }

@@ -16,10 +16,10 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use tokenscope_common::{
-    names, ConnState, CONN_STATE_MAP, COUNTERS_MAP, COUNTER_COUNT, COUNTER_NAMES, EVENTS_MAP,
-    FILTER_CGROUP_MAP, FILTER_COMM_MAP, FILTER_PORT_MAP, GLOBAL_AGENT_TGID, GLOBAL_CALL_CAP,
-    GLOBAL_FILTERS, GLOBAL_FIRST_WINDOW, GLOBAL_OFFSETS, TLS_LINKED_MAP, VERDICT_CAPTURE,
-    VERDICT_CIPHER, VERDICT_MUTED,
+    names, ConnState, SslCall, CONN_STATE_MAP, COUNTERS_MAP, COUNTER_COUNT, COUNTER_NAMES,
+    EVENTS_MAP, FILTER_CGROUP_MAP, FILTER_COMM_MAP, FILTER_PORT_MAP, GLOBAL_AGENT_TGID,
+    GLOBAL_CALL_CAP, GLOBAL_FILTERS, GLOBAL_FIRST_WINDOW, GLOBAL_OFFSETS, GO_CALLS_MAP,
+    TLS_LINKED_MAP, VERDICT_CAPTURE, VERDICT_CIPHER, VERDICT_MUTED,
 };
 
 pub use btf::{kernel_offsets, BtfError};
@@ -173,6 +173,9 @@ pub struct Probes {
     verdicts: HashMap<MapData, u64, ConnState>,
     /// SSL object → the socket it was linked to.
     tls_linked: HashMap<MapData, u64, u64>,
+    /// Go calls in flight by `[tgid, g]`: a process that exits inside a
+    /// Read leaves its entry, removed at its exit.
+    go_calls: HashMap<MapData, [u64; 2], SslCall>,
     counters: PerCpuArray<MapData, u64>,
     /// Verdicts and removals not applied: the entry was a newer connection's.
     stale_skipped: u64,
@@ -252,10 +255,12 @@ impl Probes {
         let verdicts = take_map(&mut ebpf, CONN_STATE_MAP, "CONN_STATE")?;
         let counters = take_map(&mut ebpf, COUNTERS_MAP, "COUNTERS")?;
         let tls_linked = take_map(&mut ebpf, TLS_LINKED_MAP, "TLS_LINKED")?;
+        let go_calls = take_map(&mut ebpf, GO_CALLS_MAP, "GO_CALLS")?;
         Ok(Probes {
             ebpf,
             verdicts,
             tls_linked,
+            go_calls,
             counters,
             stale_skipped: 0,
             ssl_loaded: false,
@@ -311,6 +316,25 @@ impl Probes {
         // reused address too: without this, the new pair would look linked
         // already and its addresses would never reach user space.
         let _ = self.tls_linked.remove(&conn.id);
+    }
+
+    /// Drops the Go calls left in flight by processes that have exited (a
+    /// program exiting while a goroutine blocks in `(*Conn).Read`); returns
+    /// how many. One pass over the map, meant for a periodic tick.
+    pub fn sweep_go_calls(&mut self) -> usize {
+        if !self.go_loaded {
+            return 0;
+        }
+        let stale: Vec<[u64; 2]> = self
+            .go_calls
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !std::path::Path::new(&format!("/proc/{}", key[0])).exists())
+            .collect();
+        for key in &stale {
+            let _ = self.go_calls.remove(key);
+        }
+        stale.len()
     }
 
     /// Verdicts and removals skipped because the entry was a newer connection's.

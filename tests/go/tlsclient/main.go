@@ -19,7 +19,7 @@ import (
 
 func main() {
 	if len(os.Args) != 3 && len(os.Args) != 4 {
-		fmt.Fprintln(os.Stderr, "usage: tlsclient BASE_URL plain|stream [WAIT_MS]")
+		fmt.Fprintln(os.Stderr, "usage: tlsclient BASE_URL plain|stream|slow [WAIT_MS]")
 		os.Exit(2)
 	}
 	base, mode := os.Args[1], os.Args[2]
@@ -34,6 +34,11 @@ func main() {
 	body := `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`
 	if mode == "stream" {
 		body = `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}`
+	}
+	// slow: a stream of 600 chunks a second apart; the test kills the client
+	// while a goroutine blocks in (*tls.Conn).Read.
+	if mode == "slow" {
+		body = `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true,"test_chunks":600,"test_delay_ms":1000}`
 	}
 	client := &http.Client{
 		Timeout: 20 * time.Second,
