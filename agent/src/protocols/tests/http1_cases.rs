@@ -58,7 +58,7 @@ Authorization: Bearer sk-1\r\nCookie: a=b\r\nX-Goog-Api-Key: k\r\nAccept: */*\r\
     };
     assert_eq!(head.path, "/v1/models");
     assert_eq!(head.authority.as_deref(), Some("api.example.com"));
-    let names: Vec<_> = head.headers.iter().map(|h| h.name.as_str()).collect();
+    let names: Vec<_> = head.headers.iter().map(|h| h.name).collect();
     assert_eq!(names, ["host", "accept"]);
 }
 
@@ -364,7 +364,7 @@ fn trailers(events: &[HttpEvent]) -> Vec<Trailers> {
                 *from,
                 headers
                     .iter()
-                    .map(|h| (h.name.clone(), h.value.clone()))
+                    .map(|h| (h.name.to_string(), h.value.to_string()))
                     .collect(),
             )),
             _ => None,
