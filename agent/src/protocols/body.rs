@@ -182,6 +182,8 @@ pub struct BodyDecoder {
     out: BytesMut,
     /// One stage's output on its way to the next.
     carry: Vec<u8>,
+    /// A piece was handed out already: later ones come from `out`.
+    streamed: bool,
 }
 
 impl BodyDecoder {
@@ -214,6 +216,7 @@ impl BodyDecoder {
             decoded_out: 0,
             out: BytesMut::new(),
             carry: Vec::new(),
+            streamed: false,
         })
     }
 
@@ -319,6 +322,11 @@ impl BodyDecoder {
     fn hand_out(&mut self, data: &[u8]) -> Bytes {
         if data.is_empty() {
             return Bytes::new();
+        }
+        if !self.streamed {
+            // A body in one piece (most JSON) needs no buffer of its own.
+            self.streamed = true;
+            return Bytes::copy_from_slice(data);
         }
         // Reclaims the whole buffer when the pieces handed out before are gone.
         self.out.reserve(data.len());

@@ -52,8 +52,15 @@ impl Headers {
     pub fn push(&mut self, name: &str, value: &str) {
         let start = self.text.len();
         self.text.push_str(name);
-        if let Some(stored) = self.text.get_mut(start..) {
-            stored.make_ascii_lowercase();
+        // Most names come lower-case already. A check without an early exit
+        // is vectorised, so it costs less than lower-casing byte by byte.
+        if name
+            .bytes()
+            .fold(false, |upper, b| upper | b.is_ascii_uppercase())
+        {
+            if let Some(stored) = self.text.get_mut(start..) {
+                stored.make_ascii_lowercase();
+            }
         }
         let name_end = self.text.len();
         self.text.push_str(value);

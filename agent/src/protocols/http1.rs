@@ -43,6 +43,10 @@ struct BodyState {
     trailers: Headers,
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "two per connection; a boxed body state would allocate per message"
+)]
 enum State {
     Head,
     Body(BodyState),

@@ -225,7 +225,7 @@ impl HttpParser {
 }
 
 /// Header names whose values are credentials: never kept.
-const CREDENTIAL_HEADERS: &[&str] = &[
+pub(crate) const CREDENTIAL_HEADERS: &[&str] = &[
     "authorization",
     "proxy-authorization",
     "cookie",
@@ -237,9 +237,12 @@ const CREDENTIAL_HEADERS: &[&str] = &[
 
 /// Whether a header name, in any case, carries credentials.
 pub fn is_credential_header(name: &str) -> bool {
+    // Every name of a head goes through here: compare with the one
+    // credential name of the same length, if any (the lengths differ).
     CREDENTIAL_HEADERS
         .iter()
-        .any(|c| c.eq_ignore_ascii_case(name))
+        .find(|c| c.len() == name.len())
+        .is_some_and(|c| c.eq_ignore_ascii_case(name))
 }
 
 /// The path part of a request target: no query, no fragment, and for an

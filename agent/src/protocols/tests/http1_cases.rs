@@ -442,3 +442,22 @@ fn trailers_past_their_bound_stop_the_connection() {
         })
     ));
 }
+
+#[test]
+fn credential_names_match_in_any_case_and_differ_in_length() {
+    use crate::protocols::{is_credential_header, CREDENTIAL_HEADERS};
+    for (i, name) in CREDENTIAL_HEADERS.iter().enumerate() {
+        // `is_credential_header` compares with the one name of each length.
+        assert!(
+            CREDENTIAL_HEADERS[i + 1..]
+                .iter()
+                .all(|other| other.len() != name.len()),
+            "{name}"
+        );
+        assert!(is_credential_header(name));
+        assert!(is_credential_header(&name.to_ascii_uppercase()));
+    }
+    for name in ["content-type", "x-api-keys", "authorizatio", "cookies", ""] {
+        assert!(!is_credential_header(name), "{name}");
+    }
+}
