@@ -28,7 +28,7 @@ use std::time::Instant;
 use std::{hint::black_box, ops::Range, time::Duration};
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use serde::Deserialize;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use tokenscope::protocols::{Direction, HttpEvent, HttpParser, Limits as ParseLimits};
@@ -586,4 +586,24 @@ fn bench(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+/// `TOKENSCOPE_BENCH_LOOP=<case>:<n>` decodes that case `n` times and
+/// exits, for `valgrind --tool=callgrind` (instructions per call are the
+/// difference of two runs with different `n`, divided by the calls).
+fn main() {
+    if let Some(spec) = std::env::var_os("TOKENSCOPE_BENCH_LOOP") {
+        let spec = spec.to_string_lossy();
+        let (name, n) = spec.split_once(':').expect("<case>:<n>");
+        let n: usize = n.parse().expect("a number of iterations");
+        let x = exchanges()
+            .into_iter()
+            .find(|x| x.name == name)
+            .unwrap_or_else(|| panic!("no case {name}"));
+        for _ in 0..n {
+            black_box(decode(black_box(&x.writes)));
+        }
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

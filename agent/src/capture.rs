@@ -64,8 +64,8 @@ pub fn is_secret(name: &str) -> bool {
     SECRET_HEADERS.iter().any(|s| name.eq_ignore_ascii_case(s))
 }
 
-fn header_line(h: &Header) -> String {
-    if is_secret(&h.name) {
+fn header_line(h: Header<'_>) -> String {
+    if is_secret(h.name) {
         format!("{}: [redacted]", h.name)
     } else {
         format!("{}: {}", h.name, h.value)
@@ -333,7 +333,7 @@ mod tests {
     use super::*;
     use crate::{
         events::Endpoints,
-        protocols::event::{RequestHead, ResponseHead},
+        protocols::event::{Headers, RequestHead, ResponseHead},
         record::Side,
     };
 
@@ -354,13 +354,6 @@ mod tests {
         }
     }
 
-    fn h(name: &str, value: &str) -> Header {
-        Header {
-            name: name.into(),
-            value: value.into(),
-        }
-    }
-
     #[test]
     fn heads_show_process_addresses_library_and_no_secret() {
         let request = HttpEvent::Request {
@@ -369,14 +362,14 @@ mod tests {
                 method: "POST".into(),
                 path: "/v1/chat/completions".into(),
                 authority: Some("api.openai.com".into()),
-                headers: vec![
-                    h("Authorization", "Bearer sk-SECRET"),
-                    h("x-api-key", "SECRET"),
-                    h("Api-Key", "SECRET"),
-                    h("Cookie", "session=SECRET"),
-                    h("Proxy-Authorization", "Basic SECRET"),
-                    h("content-type", "application/json"),
-                ],
+                headers: Headers::from_iter([
+                    ("Authorization", "Bearer sk-SECRET"),
+                    ("x-api-key", "SECRET"),
+                    ("Api-Key", "SECRET"),
+                    ("Cookie", "session=SECRET"),
+                    ("Proxy-Authorization", "Basic SECRET"),
+                    ("content-type", "application/json"),
+                ]),
             },
             ts_ns: 1,
         };
@@ -391,7 +384,7 @@ mod tests {
             stream: 0,
             head: ResponseHead {
                 status: 429,
-                headers: vec![h("set-cookie", "id=SECRET"), h("retry-after", "2")],
+                headers: Headers::from_iter([("set-cookie", "id=SECRET"), ("retry-after", "2")]),
             },
             ts_ns: 2,
         };

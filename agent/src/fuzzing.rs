@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use crate::protocols::detect::PREFACE;
 use crate::protocols::event::{
-    AbortReason, Direction, Header, HttpEvent, RequestHead, ResponseHead,
+    AbortReason, Direction, Headers, HttpEvent, RequestHead, ResponseHead,
 };
 use crate::protocols::http1::Http1Parser;
 use crate::protocols::http2::Http2Parser;
@@ -378,7 +378,7 @@ pub fn providers(input: &[u8]) {
                         }
                         .into(),
                     ),
-                    headers: Vec::new(),
+                    headers: Headers::new(),
                 },
                 ts_ns: ts,
             },
@@ -392,24 +392,18 @@ pub fn providers(input: &[u8]) {
                 stream,
                 head: ResponseHead {
                     status: STATUSES.get(pick % STATUSES.len()).copied().unwrap_or(200),
-                    headers: vec![
-                        Header {
-                            name: "content-type".into(),
-                            value: pick_from(&CONTENT_TYPES, pick).unwrap_or("").into(),
-                        },
-                        Header {
-                            name: "retry-after".into(),
-                            value: String::from_utf8_lossy(data).into_owned(),
-                        },
-                        Header {
-                            name: "x-prompt-tokens".into(),
-                            value: String::from_utf8_lossy(data).into_owned(),
-                        },
-                        Header {
-                            name: "date".into(),
-                            value: "Sun, 06 Nov 1994 08:49:37 GMT".into(),
-                        },
-                    ],
+                    headers: {
+                        let text = String::from_utf8_lossy(data);
+                        Headers::from_iter([
+                            (
+                                "content-type",
+                                pick_from(&CONTENT_TYPES, pick).unwrap_or(""),
+                            ),
+                            ("retry-after", &text),
+                            ("x-prompt-tokens", &text),
+                            ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+                        ])
+                    },
                 },
                 ts_ns: ts,
             },
@@ -422,7 +416,7 @@ pub fn providers(input: &[u8]) {
             _ if pick % 2 == 0 => HttpEvent::Trailers {
                 stream,
                 from: Direction::FromServer,
-                headers: Vec::new(),
+                headers: Headers::new(),
                 ts_ns: ts,
             },
             _ => HttpEvent::Abort {

@@ -5,7 +5,7 @@
 
 use std::io::{self, Write};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
 use super::{AbortReason, Limits, ParseStats};
@@ -176,6 +176,14 @@ pub struct BodyDecoder {
     bomb_floor: u64,
     compressed_in: u64,
     decoded_out: u64,
+    /// Where decoded pieces are handed out from: once the consumer has
+    /// dropped the previous piece its room is reused, so a stream of small
+    /// writes does not allocate per write.
+    out: BytesMut,
+    /// One stage's output on its way to the next.
+    carry: Vec<u8>,
+    /// A piece was handed out already: later ones come from `out`.
+    streamed: bool,
 }
 
 impl BodyDecoder {
@@ -206,6 +214,9 @@ impl BodyDecoder {
             bomb_floor: limits.bomb_floor,
             compressed_in: 0,
             decoded_out: 0,
+            out: BytesMut::new(),
+            carry: Vec::new(),
+            streamed: false,
         })
     }
 
@@ -253,17 +264,22 @@ impl BodyDecoder {
                 return Err(over);
             }
             self.decoded_out += data.len() as u64;
-            return Ok(Bytes::copy_from_slice(data));
+            return Ok(self.hand_out(data));
         }
-        let mut carry: Vec<u8> = input.map(<[u8]>::to_vec).unwrap_or_default();
+        let mut from_input = true;
         for stage in &mut self.stages {
+            let piece: &[u8] = if from_input {
+                input.unwrap_or_default()
+            } else {
+                &self.carry
+            };
             let result = match input {
-                Some(_) => stage.write_and_flush(&carry, cap),
+                Some(_) => stage.write_and_flush(piece, cap),
                 None => {
-                    let fed = if carry.is_empty() {
+                    let fed = if piece.is_empty() {
                         Ok(())
                     } else {
-                        stage.write_and_flush(&carry, cap)
+                        stage.write_and_flush(piece, cap)
                     };
                     fed.and_then(|()| {
                         if let Some(sink) = stage.sink() {
@@ -273,20 +289,49 @@ impl BodyDecoder {
                     })
                 }
             };
+            from_input = false;
             let sink = stage.sink();
             let overflowed = sink.as_ref().is_some_and(|s| s.overflowed);
-            carry = sink.map(|s| std::mem::take(&mut s.buf)).unwrap_or_default();
+            // The stage's output becomes the carry; the old carry's room
+            // becomes the stage's next output buffer.
+            match sink {
+                Some(sink) => {
+                    std::mem::swap(&mut self.carry, &mut sink.buf);
+                    sink.buf.clear();
+                }
+                None => self.carry.clear(),
+            }
             match result {
                 Ok(()) => {}
                 Err(_) if overflowed => return Err(over),
                 Err(_) => return Err(BodyError::Corrupt),
             }
         }
-        if carry.len() > cap {
+        if self.carry.len() > cap {
             return Err(over);
         }
-        self.decoded_out += carry.len() as u64;
-        Ok(Bytes::from(carry))
+        self.decoded_out += self.carry.len() as u64;
+        let carry = std::mem::take(&mut self.carry);
+        let piece = self.hand_out(&carry);
+        self.carry = carry;
+        self.carry.clear();
+        Ok(piece)
+    }
+
+    /// `data` as a shared piece of `out`.
+    fn hand_out(&mut self, data: &[u8]) -> Bytes {
+        if data.is_empty() {
+            return Bytes::new();
+        }
+        if !self.streamed {
+            // A body in one piece (most JSON) needs no buffer of its own.
+            self.streamed = true;
+            return Bytes::copy_from_slice(data);
+        }
+        // Reclaims the whole buffer when the pieces handed out before are gone.
+        self.out.reserve(data.len());
+        self.out.extend_from_slice(data);
+        self.out.split().freeze()
     }
 }
 

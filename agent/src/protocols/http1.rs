@@ -2,14 +2,14 @@
 //! close-delimited bodies, keep-alive and pipelining. Stream ids count
 //! requests from 0; a response takes the id of the oldest unanswered request.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 
 use super::body::{BodyDecoder, BodyError};
-use super::event::{AbortReason, Direction, Header, HttpEvent, RequestHead, ResponseHead};
+use super::event::{AbortReason, Direction, Headers, HttpEvent, RequestHead, ResponseHead};
 use super::{
-    abort, clean_authority, clean_path, header_text, is_credential_header, target_authority,
-    Limits, ParseStats,
+    abort, clean_authority, clean_path, is_credential_header, target_authority, Limits, ParseStats,
 };
 
 const MAX_HEADERS: usize = 128;
@@ -40,9 +40,13 @@ struct BodyState {
     /// False for a message whose events are not reported at all.
     reported: bool,
     /// Chunked trailer fields seen so far (bounded with the trailer bytes).
-    trailers: Vec<Header>,
+    trailers: Headers,
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "two per connection; a boxed body state would allocate per message"
+)]
 enum State {
     Head,
     Body(BodyState),
@@ -368,9 +372,9 @@ impl Http1Parser {
             return Parsed::Malformed;
         };
         let framing = framing.unwrap_or(Framing::Length(0));
-        let (kept, host, encoding) = keep_headers(req.headers);
+        let (kept, host, encoding) = keep_headers(buf.get(..n).unwrap_or_default(), req.headers);
         let authority = target_authority(target)
-            .map(str::to_string)
+            .map(Cow::Borrowed)
             .or(host)
             .map(|a| clean_authority(&a));
         let stream = self.next_stream;
@@ -462,7 +466,7 @@ impl Http1Parser {
         } else {
             framing.unwrap_or(Framing::UntilClose)
         };
-        let (kept, _, encoding) = keep_headers(resp.headers);
+        let (kept, _, encoding) = keep_headers(buf.get(..n).unwrap_or_default(), resp.headers);
         if reported {
             out.push(HttpEvent::Response {
                 stream,
@@ -515,7 +519,7 @@ impl Http1Parser {
             framing,
             decoder,
             reported,
-            trailers: Vec::new(),
+            trailers: Headers::new(),
         };
         if matches!(body.framing, Framing::Length(0)) {
             if reported {
@@ -580,35 +584,36 @@ impl Http1Parser {
             }
             Framing::Chunked(chunk) => {
                 // Line-oriented parts: size line, CRLF after data, trailers.
-                let Some(nl) = input.iter().position(|b| *b == b'\n') else {
-                    side.buf.extend_from_slice(input);
-                    let bound = if *chunk == Chunk::Trailers {
-                        max_trailers
-                    } else {
-                        MAX_CHUNK_LINE
-                    };
-                    if side.buf.len() + side.trailer_bytes > bound {
-                        return Step::Stop;
-                    }
-                    return Step::Wait;
-                };
-                side.buf
-                    .extend_from_slice(input.get(..nl).unwrap_or_default());
                 let bound = if *chunk == Chunk::Trailers {
                     max_trailers
                 } else {
                     MAX_CHUNK_LINE
                 };
-                if side.buf.len() + side.trailer_bytes > bound {
+                let Some(nl) = memchr::memchr(b'\n', input) else {
+                    side.buf.extend_from_slice(input);
+                    if side.buf.len() + side.trailer_bytes > bound {
+                        return Step::Stop;
+                    }
+                    return Step::Wait;
+                };
+                let piece = input.get(..nl).unwrap_or_default();
+                // A line within one write (the usual case) is read in place;
+                // one split across writes is joined in `buf`, whose
+                // capacity is kept for the next.
+                let mut held = std::mem::take(&mut side.buf);
+                let line: &[u8] = if held.is_empty() {
+                    piece
+                } else {
+                    held.extend_from_slice(piece);
+                    &held
+                };
+                if line.len() + side.trailer_bytes > bound {
                     return Step::Stop;
                 }
-                let mut line = std::mem::take(&mut side.buf);
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
                 match *chunk {
                     Chunk::SizeLine => {
-                        let Some(size) = chunk_size(&line) else {
+                        let Some(size) = chunk_size(line) else {
                             return Step::Stop;
                         };
                         *chunk = if size == 0 {
@@ -633,17 +638,15 @@ impl Http1Parser {
                             if side.trailer_bytes > max_trailers {
                                 return Step::Stop;
                             }
-                            if body.reported {
-                                match trailer_field(&line) {
-                                    Some(Some(field)) => body.trailers.push(field),
-                                    Some(None) => {}
-                                    None => stats.bad_trailers += 1,
-                                }
+                            if body.reported && !push_trailer_field(&mut body.trailers, line) {
+                                stats.bad_trailers += 1;
                             }
                         }
                     }
                     Chunk::Data(_) => {}
                 }
+                held.clear();
+                side.buf = held;
                 Step::Consumed(nl + 1)
             }
         }
@@ -718,24 +721,27 @@ fn finish_body(
     });
 }
 
-/// One trailer line: `Some(Some(field))`, `Some(None)` for a credential
-/// (dropped), `None` when it is not `name: value`.
-fn trailer_field(line: &[u8]) -> Option<Option<Header>> {
-    let colon = line.iter().position(|b| *b == b':')?;
-    let name = line.get(..colon)?;
-    let value = line.get(colon + 1..)?;
+/// Adds one trailer line to `trailers` (a credential is dropped); `false`
+/// when it is not `name: value`.
+fn push_trailer_field(trailers: &mut Headers, line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|b| *b == b':') else {
+        return false;
+    };
+    let (Some(name), Some(value)) = (line.get(..colon), line.get(colon + 1..)) else {
+        return false;
+    };
     let token = |b: &u8| b.is_ascii_graphic() && !b"\"(),/:;<=>?@[\\]{}".contains(b);
     if name.is_empty() || !name.iter().all(token) {
-        return None;
+        return false;
     }
-    let name = String::from_utf8_lossy(name).to_ascii_lowercase();
-    if is_credential_header(&name) {
-        return Some(None);
+    // A token is ASCII, so always UTF-8.
+    let Ok(name) = std::str::from_utf8(name) else {
+        return false;
+    };
+    if !is_credential_header(name) {
+        trailers.push_bytes(name, value.trim_ascii());
     }
-    Some(Some(Header {
-        name,
-        value: header_text(value.trim_ascii()),
-    }))
+    true
 }
 
 fn fail_body(
@@ -801,34 +807,46 @@ fn body_framing(headers: &[httparse::Header<'_>], response: bool) -> Result<Opti
     Ok(length.map(Framing::Length))
 }
 
-/// Headers to report (credentials dropped, names lower-case), the `Host`
-/// value and the `Content-Encoding` value.
 /// Whether `buf` holds a line end that may end a head (`\n\n` or `\n\r`).
 fn has_head_end(buf: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', buf).any(|i| matches!(buf.get(i + 1), Some(b'\n' | b'\r')))
 }
 
-fn keep_headers(headers: &[httparse::Header<'_>]) -> (Vec<Header>, Option<String>, Option<String>) {
-    let mut kept = Vec::with_capacity(headers.len());
+/// Headers to report (credentials dropped, names lower-case), the `Host`
+/// value and the `Content-Encoding` value. `head` holds the whole head the
+/// fields were parsed from.
+fn keep_headers<'h>(
+    head: &'h [u8],
+    headers: &[httparse::Header<'h>],
+) -> (Headers, Option<Cow<'h, str>>, Option<String>) {
+    // One UTF-8 check of the whole head instead of one per value: a value
+    // is then sliced out of it by its place in the head.
+    let head_text = std::str::from_utf8(head).ok();
+    let head_start = head.as_ptr() as usize;
+    let text: usize = headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+    let mut kept = Headers::with_capacity(headers.len(), text);
     let mut host = None;
     let mut encoding: Option<String> = None;
     for h in headers {
-        let name = h.name.to_ascii_lowercase();
-        if is_credential_header(&name) {
+        if is_credential_header(h.name) {
             continue;
         }
-        let value = header_text(h.value);
-        match name.as_str() {
-            "host" => host = Some(value.clone()),
-            "content-encoding" => {
-                encoding = Some(match encoding {
-                    Some(prev) => format!("{prev}, {value}"),
-                    None => value.clone(),
-                })
-            }
-            _ => {}
+        let value: Cow<'h, str> = match head_text.and_then(|t| {
+            let at = (h.value.as_ptr() as usize).checked_sub(head_start)?;
+            t.get(at..at.checked_add(h.value.len())?)
+        }) {
+            Some(text) => Cow::Borrowed(text),
+            None => String::from_utf8_lossy(h.value),
+        };
+        kept.push(h.name, &value);
+        if h.name.eq_ignore_ascii_case("host") {
+            host = Some(value);
+        } else if h.name.eq_ignore_ascii_case("content-encoding") {
+            encoding = Some(match encoding {
+                Some(prev) => format!("{prev}, {value}"),
+                None => value.into_owned(),
+            });
         }
-        kept.push(Header { name, value });
     }
     (kept, host, encoding)
 }

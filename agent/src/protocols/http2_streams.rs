@@ -3,7 +3,7 @@
 
 use super::{abort, AbortReason, Direction, Http2Parser, HttpEvent};
 use crate::protocols::body::{BodyDecoder, BodyError};
-use crate::protocols::event::{Header, RequestHead, ResponseHead};
+use crate::protocols::event::{Headers, RequestHead, ResponseHead};
 use crate::protocols::hpack;
 use crate::protocols::{clean_authority, clean_path, is_credential_header, ParseStats};
 
@@ -252,7 +252,7 @@ impl Http2Parser {
         stats: &mut ParseStats,
         out: &mut Vec<HttpEvent>,
     ) {
-        self.end_side_with(dir, id, ts_ns, Vec::new(), stats, out);
+        self.end_side_with(dir, id, ts_ns, Headers::new(), stats, out);
     }
 
     /// The end of one side, after its trailers (if any) are reported.
@@ -261,7 +261,7 @@ impl Http2Parser {
         dir: Direction,
         id: u32,
         ts_ns: u64,
-        trailers: Vec<Header>,
+        trailers: Headers,
         stats: &mut ParseStats,
         out: &mut Vec<HttpEvent>,
     ) {
@@ -338,7 +338,7 @@ impl Http2Parser {
 /// A decoded header block split into pseudo-headers and kept headers.
 struct Fields {
     pseudo: Vec<(String, String)>,
-    regular: Vec<Header>,
+    regular: Headers,
     unknown: usize,
     unknown_names: usize,
 }
@@ -347,19 +347,17 @@ impl From<hpack::Block> for Fields {
     fn from(block: hpack::Block) -> Self {
         let mut fields = Fields {
             pseudo: Vec::new(),
-            regular: Vec::new(),
+            regular: Headers::new(),
             unknown: block.unknown,
             unknown_names: block.unknown_names,
         };
         for f in block.fields {
-            let name = f.name.to_ascii_lowercase();
-            if name.starts_with(':') {
+            if f.name.starts_with(':') {
+                let mut name = f.name;
+                name.make_ascii_lowercase();
                 fields.pseudo.push((name, f.value));
-            } else if !is_credential_header(&name) {
-                fields.regular.push(Header {
-                    name,
-                    value: f.value,
-                });
+            } else if !is_credential_header(&f.name) {
+                fields.regular.push(&f.name, &f.value);
             }
         }
         fields
@@ -375,6 +373,6 @@ impl Fields {
     }
 }
 
-fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
-    crate::protocols::event::header(headers, name)
+fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
+    headers.get(name)
 }

@@ -17,7 +17,7 @@ mod huffman;
 mod tests;
 
 pub use detect::{sniff, Sniff};
-pub use event::{AbortReason, Direction, Header, HttpEvent, RequestHead, ResponseHead};
+pub use event::{AbortReason, Direction, Header, Headers, HttpEvent, RequestHead, ResponseHead};
 
 /// Bounds for one connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -225,7 +225,7 @@ impl HttpParser {
 }
 
 /// Header names whose values are credentials: never kept.
-const CREDENTIAL_HEADERS: &[&str] = &[
+pub(crate) const CREDENTIAL_HEADERS: &[&str] = &[
     "authorization",
     "proxy-authorization",
     "cookie",
@@ -235,9 +235,14 @@ const CREDENTIAL_HEADERS: &[&str] = &[
     "x-goog-api-key",
 ];
 
-/// Whether a lower-case header name carries credentials.
-pub fn is_credential_header(lower_name: &str) -> bool {
-    CREDENTIAL_HEADERS.contains(&lower_name)
+/// Whether a header name, in any case, carries credentials.
+pub fn is_credential_header(name: &str) -> bool {
+    // Every name of a head goes through here: compare with the one
+    // credential name of the same length, if any (the lengths differ).
+    CREDENTIAL_HEADERS
+        .iter()
+        .find(|c| c.len() == name.len())
+        .is_some_and(|c| c.eq_ignore_ascii_case(name))
 }
 
 /// The path part of a request target: no query, no fragment, and for an
@@ -278,15 +283,6 @@ pub(crate) fn clean_authority(authority: &str) -> String {
     match authority.rfind('@') {
         Some(i) => authority.get(i + 1..).unwrap_or("").to_string(),
         None => authority.to_string(),
-    }
-}
-
-/// A header value as text; bytes that are not UTF-8 become U+FFFD.
-pub(crate) fn header_text(value: &[u8]) -> String {
-    // `from_utf8` is the fast check; the lossy walk only for bad bytes.
-    match std::str::from_utf8(value) {
-        Ok(text) => text.to_owned(),
-        Err(_) => String::from_utf8_lossy(value).into_owned(),
     }
 }
 

@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use super::decode::{set, BadJson, Observed};
+use super::json;
 use super::status::classify_stream_error;
 
 #[derive(Deserialize)]
@@ -36,38 +37,41 @@ fn apply_usage(obs: &mut Observed, u: AnUsage) {
 
 #[derive(Deserialize)]
 struct Block<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     text: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     thinking: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     partial_json: Option<Cow<'a, str>>,
 }
 
 impl Block<'_> {
     fn collect(&self, obs: &mut Observed) -> bool {
-        let mut any = false;
-        for piece in [&self.text, &self.thinking, &self.partial_json]
-            .into_iter()
-            .flatten()
-        {
-            any |= !piece.is_empty();
-            obs.text(piece);
-        }
-        any
+        collect_text(obs, [&self.text, &self.thinking, &self.partial_json])
     }
+}
+
+/// Feeds the text pieces of a block or delta to `obs`; returns whether
+/// there was any content.
+fn collect_text(obs: &mut Observed, pieces: [&Option<Cow<'_, str>>; 3]) -> bool {
+    let mut any = false;
+    for piece in pieces.into_iter().flatten() {
+        any |= !piece.is_empty();
+        obs.text(piece);
+    }
+    any
 }
 
 /// A complete message, or `message_start`'s `message`.
 #[derive(Deserialize)]
 struct Message<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     model: Option<Cow<'a, str>>,
     #[serde(borrow)]
     content: Option<Vec<Block<'a>>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     stop_reason: Option<Cow<'a, str>>,
     usage: Option<AnUsage>,
 }
@@ -75,17 +79,18 @@ struct Message<'a> {
 fn apply_message(obs: &mut Observed, m: Message<'_>) {
     obs.model(m.model.as_deref());
     obs.id(m.id.as_deref());
+    // Usage first: once it is known the text need not be kept.
+    if let Some(u) = m.usage {
+        apply_usage(obs, u);
+    }
     for block in m.content.iter().flatten() {
         block.collect(obs);
     }
     obs.finish(m.stop_reason.as_deref());
-    if let Some(u) = m.usage {
-        apply_usage(obs, u);
-    }
 }
 
 pub(crate) fn body(obs: &mut Observed, body: &[u8]) -> Result<(), BadJson> {
-    let m: Message<'_> = serde_json::from_slice(body)?;
+    let m: Message<'_> = json::from_bytes(body)?;
     apply_message(obs, m);
     obs.terminal = true;
     Ok(())
@@ -93,25 +98,25 @@ pub(crate) fn body(obs: &mut Observed, body: &[u8]) -> Result<(), BadJson> {
 
 #[derive(Deserialize)]
 struct Delta<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     text: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     thinking: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     partial_json: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     stop_reason: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct ErrorObj<'a> {
-    #[serde(borrow, rename = "type")]
+    #[serde(borrow, rename = "type", default, deserialize_with = "json::text")]
     kind: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct Event<'a> {
-    #[serde(borrow, rename = "type")]
+    #[serde(borrow, rename = "type", default, deserialize_with = "json::text")]
     kind: Option<Cow<'a, str>>,
     #[serde(borrow)]
     message: Option<Message<'a>>,
@@ -137,7 +142,7 @@ pub(crate) fn event(
         }
         _ => {}
     }
-    let ev: Event<'_> = serde_json::from_slice(data)?;
+    let ev: Event<'_> = json::from_bytes(data)?;
     let kind = ev.kind.as_deref().unwrap_or(name);
     match kind {
         "message_start" => {
@@ -147,12 +152,7 @@ pub(crate) fn event(
         }
         "content_block_delta" => {
             if let Some(d) = &ev.delta {
-                let block = Block {
-                    text: d.text.clone(),
-                    thinking: d.thinking.clone(),
-                    partial_json: d.partial_json.clone(),
-                };
-                if block.collect(obs) {
+                if collect_text(obs, [&d.text, &d.thinking, &d.partial_json]) {
                     obs.content_event(ts_ns);
                 }
             }

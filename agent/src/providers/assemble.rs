@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::protocols::event::{header, HttpEvent, RequestHead, ResponseHead};
+use crate::protocols::event::{HttpEvent, RequestHead, ResponseHead};
 use crate::record::{Api, LlmCall, Usage};
 
 use super::decode::{self, Observed};
@@ -141,7 +141,7 @@ enum Framing {
 struct Exchange {
     head: RequestHead,
     target: Option<Target>,
-    request_body: Vec<u8>,
+    request_body: HeldBody,
     request_truncated: bool,
     request: Option<RequestInfo>,
     start_ns: u64,
@@ -196,8 +196,7 @@ impl CallAssembler {
                             ex.request_truncated = true;
                             self.stats.truncated_bodies += 1;
                         }
-                        let kept = data.get(..room.min(data.len())).unwrap_or_default();
-                        ex.request_body.extend_from_slice(kept);
+                        ex.request_body.push(data.slice(..room.min(data.len())));
                     }
                 } else {
                     self.orphan(stream);
@@ -288,7 +287,7 @@ impl CallAssembler {
         let ex = Exchange {
             head,
             target,
-            request_body: Vec::new(),
+            request_body: HeldBody::default(),
             request_truncated: false,
             request: None,
             start_ns: ts_ns,
@@ -321,7 +320,7 @@ impl CallAssembler {
         if ex.request.is_some() {
             return;
         }
-        let mut info = read_request(&ex.request_body);
+        let mut info = read_request(ex.request_body.bytes());
         if ex.target.is_none() {
             ex.target = detect::detect_by_body(&ex.head, &info.shape);
         }
@@ -330,9 +329,9 @@ impl CallAssembler {
             .as_ref()
             .is_some_and(|t| usage_may_be_missing(t, &ex.head, &info))
         {
-            info.input_estimate = estimate::estimate_request_input(&ex.request_body);
+            info.input_estimate = estimate::estimate_request_input(ex.request_body.bytes());
         }
-        ex.request_body = Vec::new();
+        ex.request_body = HeldBody::default();
         ex.request = Some(info);
         if ex.target.is_none() {
             self.open.remove(&stream);
@@ -590,6 +589,43 @@ impl Exchange {
     }
 }
 
+/// Body bytes kept whole; a body that came in one piece (the usual
+/// request) is held as it came, not copied.
+#[derive(Debug, Default)]
+struct HeldBody {
+    first: Bytes,
+    rest: Vec<u8>,
+}
+
+impl HeldBody {
+    fn len(&self) -> usize {
+        self.first.len() + self.rest.len()
+    }
+
+    fn push(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        if self.len() == 0 {
+            self.first = data;
+            return;
+        }
+        if self.rest.is_empty() {
+            self.rest.extend_from_slice(&self.first);
+            self.first = Bytes::new();
+        }
+        self.rest.extend_from_slice(&data);
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.rest.is_empty() {
+            &self.first
+        } else {
+            &self.rest
+        }
+    }
+}
+
 /// Bytes kept from the end of a JSON body cut at its bound, where OpenAI
 /// puts `usage` and `model`.
 const JSON_TAIL: usize = 64 << 10;
@@ -597,8 +633,7 @@ const JSON_TAIL: usize = 64 << 10;
 /// A JSON body kept whole; the common single-chunk body is not copied.
 #[derive(Debug, Default)]
 struct JsonBody {
-    first: Bytes,
-    rest: Vec<u8>,
+    kept: HeldBody,
     truncated: bool,
     /// The body's last bytes past the bound (at least `JSON_TAIL` of them).
     tail: Vec<u8>,
@@ -606,8 +641,7 @@ struct JsonBody {
 
 impl JsonBody {
     fn push(&mut self, data: Bytes, max: usize, stats: &mut AssembleStats) {
-        let held = self.first.len() + self.rest.len();
-        let room = max.saturating_sub(held);
+        let room = max.saturating_sub(self.kept.len());
         if data.len() > room {
             if !self.truncated {
                 self.truncated = true;
@@ -619,19 +653,7 @@ impl JsonBody {
                 self.tail.drain(..self.tail.len() - JSON_TAIL);
             }
         }
-        let data = data.slice(..room.min(data.len()));
-        if data.is_empty() {
-            return;
-        }
-        if held == 0 {
-            self.first = data;
-        } else {
-            if self.rest.is_empty() {
-                self.rest.extend_from_slice(&self.first);
-                self.first = Bytes::new();
-            }
-            self.rest.extend_from_slice(&data);
-        }
+        self.kept.push(data.slice(..room.min(data.len())));
     }
 
     /// The last `JSON_TAIL` bytes past the bound.
@@ -641,11 +663,7 @@ impl JsonBody {
     }
 
     fn bytes(&self) -> &[u8] {
-        if self.rest.is_empty() {
-            &self.first
-        } else {
-            &self.rest
-        }
+        self.kept.bytes()
     }
 }
 
@@ -662,7 +680,7 @@ fn choose_framing(
     if !(200..300).contains(&head.status) {
         return json();
     }
-    let content_type = header(&head.headers, "content-type").unwrap_or("");
+    let content_type = head.headers.get("content-type").unwrap_or("");
     let has = |needle: &str| {
         content_type
             .as_bytes()

@@ -1,7 +1,7 @@
 //! Recognises the provider and API of a request from its host, path,
 //! headers and, when those say nothing, the shape of its JSON body.
 
-use crate::protocols::event::{header, RequestHead};
+use crate::protocols::event::RequestHead;
 use crate::record::{Api, Provider};
 
 /// What a request was recognised as.
@@ -60,22 +60,31 @@ impl Target {
 /// The provider behind a TLS server name or `Host`, for endpoint-level records.
 pub fn provider_for_host(host: &str) -> Option<Provider> {
     let host = strip_port(host).trim_end_matches('.');
-    let host = host.to_ascii_lowercase();
-    let is = |domain: &str| {
-        host == domain
-            || host
-                .strip_suffix(domain)
-                .is_some_and(|prefix| prefix.ends_with('.'))
+    let eq = |name: &str| host.eq_ignore_ascii_case(name);
+    let ends_with = |suffix: &str| {
+        host.len()
+            .checked_sub(suffix.len())
+            .and_then(|at| host.as_bytes().get(at..))
+            .is_some_and(|end| end.eq_ignore_ascii_case(suffix.as_bytes()))
     };
-    if host == "api.openai.com" {
+    let is = |domain: &str| {
+        eq(domain)
+            || (ends_with(domain)
+                && host
+                    .len()
+                    .checked_sub(domain.len() + 1)
+                    .and_then(|dot| host.as_bytes().get(dot))
+                    == Some(&b'.'))
+    };
+    if eq("api.openai.com") {
         Some(Provider::Openai)
     } else if is("openai.azure.com") || is("cognitiveservices.azure.com") {
         Some(Provider::AzureOpenai)
-    } else if host == "api.anthropic.com" {
+    } else if eq("api.anthropic.com") {
         Some(Provider::Anthropic)
-    } else if host == "generativelanguage.googleapis.com"
-        || host == "aiplatform.googleapis.com"
-        || host.ends_with("-aiplatform.googleapis.com")
+    } else if eq("generativelanguage.googleapis.com")
+        || eq("aiplatform.googleapis.com")
+        || ends_with("-aiplatform.googleapis.com")
     {
         Some(Provider::Gemini)
     } else if [
@@ -151,7 +160,7 @@ pub(crate) fn detect_by_body(head: &RequestHead, fields: &BodyShape) -> Option<T
     if head.method != "POST" {
         return None;
     }
-    let anthropic_header = header(&head.headers, "anthropic-version").is_some();
+    let anthropic_header = head.headers.get("anthropic-version").is_some();
     let target = |provider, api| Some(Target::new(provider, api, None));
     if fields.contents {
         return target(Provider::Gemini, Api::GenerateContent);
@@ -257,7 +266,9 @@ fn openai_path(path: &str) -> Option<Api> {
 
 /// `/openai/deployments/{deployment}/...`
 fn azure_deployment(path: &str) -> Option<&str> {
-    let rest = path.split_once("/openai/deployments/")?.1;
+    const MARK: &str = "/openai/deployments/";
+    let at = memchr::memmem::find(path.as_bytes(), MARK.as_bytes())?;
+    let rest = path.get(at + MARK.len()..)?;
     let deployment = rest.split('/').next()?;
     (!deployment.is_empty()).then_some(deployment)
 }
@@ -269,13 +280,14 @@ fn is_anthropic_messages(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocols::event::Headers;
 
     fn head(authority: &str, path: &str) -> RequestHead {
         RequestHead {
             method: "POST".into(),
             path: path.into(),
             authority: Some(authority.into()),
-            headers: Vec::new(),
+            headers: Headers::new(),
         }
     }
 

@@ -15,6 +15,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use super::decode::{set, BadJson, Observed};
+use super::json;
 use super::status::classify_stream_error;
 
 #[derive(Deserialize)]
@@ -29,7 +30,7 @@ struct UsageMetadata {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Part<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     text: Option<Cow<'a, str>>,
     function_call: Option<serde::de::IgnoredAny>,
 }
@@ -45,13 +46,13 @@ struct Content<'a> {
 struct Candidate<'a> {
     #[serde(borrow)]
     content: Option<Content<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     finish_reason: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct ErrorObj<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     status: Option<Cow<'a, str>>,
 }
 
@@ -61,9 +62,9 @@ struct GenerateResponse<'a> {
     #[serde(borrow)]
     candidates: Option<Vec<Candidate<'a>>>,
     usage_metadata: Option<UsageMetadata>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     model_version: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     response_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     error: Option<ErrorObj<'a>>,
@@ -94,7 +95,7 @@ pub(crate) fn chunk(
     ts_ns: u64,
     streaming: bool,
 ) -> Result<(), BadJson> {
-    let r: GenerateResponse<'_> = serde_json::from_slice(data)?;
+    let r: GenerateResponse<'_> = json::from_bytes(data)?;
     obs.model(r.model_version.as_deref());
     obs.id(r.response_id.as_deref());
     let mut content = false;

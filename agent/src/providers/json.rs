@@ -5,7 +5,10 @@
 //! cut at its bound. The scanner walks the members without building values
 //! and stops quietly at the first truncated or malformed member.
 
+use std::borrow::Cow;
+
 use memchr::memchr2;
+use serde::Deserialize as _;
 
 /// Calls `on_member(key, raw_value)` for each complete top-level member of
 /// the object in `buf`. Keys are the raw bytes between the quotes.
@@ -120,12 +123,62 @@ pub(crate) fn last_member_value<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(buf.get(i..end)?).ok()
 }
 
+/// Decodes a JSON document. Checking UTF-8 once over the whole document
+/// costs less than serde_json's check of each string; bytes that are not
+/// UTF-8 go to `from_slice`, which decides as it always has.
+pub(crate) fn from_bytes<'a, T: serde::Deserialize<'a>>(data: &'a [u8]) -> serde_json::Result<T> {
+    match std::str::from_utf8(data) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(data),
+    }
+}
+
+/// For `#[serde(borrow, default, deserialize_with = "json::text")]` on an
+/// `Option<Cow<str>>` field: serde borrows a `Cow` only when it is the whole
+/// field type, so inside an `Option` every string would be copied. This
+/// borrows the string when it has no escapes, as a plain `Cow` field does.
+pub(crate) fn text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Cow<'de, str>>, D::Error> {
+    struct Text<'de>(Cow<'de, str>);
+
+    impl<'de> serde::Deserialize<'de> for Text<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_str(TextVisitor)
+        }
+    }
+
+    struct TextVisitor;
+
+    impl<'de> serde::de::Visitor<'de> for TextVisitor {
+        type Value = Text<'de>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+
+        fn visit_borrowed_str<E: serde::de::Error>(self, text: &'de str) -> Result<Text<'de>, E> {
+            Ok(Text(Cow::Borrowed(text)))
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Text<'de>, E> {
+            Ok(Text(Cow::Owned(text.to_owned())))
+        }
+
+        fn visit_string<E: serde::de::Error>(self, text: String) -> Result<Text<'de>, E> {
+            Ok(Text(Cow::Owned(text)))
+        }
+    }
+
+    Option::<Text<'de>>::deserialize(deserializer).map(|text| text.map(|t| t.0))
+}
+
 /// A raw JSON string value decoded (escapes included); `None` if not a string.
 pub(crate) fn as_string(raw: &[u8]) -> Option<String> {
     if raw.first() != Some(&b'"') {
         return None;
     }
-    serde_json::from_slice(raw).ok()
+    from_bytes(raw).ok()
 }
 
 pub(crate) fn as_bool(raw: &[u8]) -> Option<bool> {

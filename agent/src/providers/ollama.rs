@@ -7,34 +7,35 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use super::decode::{set, BadJson, Observed};
+use super::json;
 use super::status::classify_stream_error;
 
 #[derive(Deserialize)]
 struct Message<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     content: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     thinking: Option<Cow<'a, str>>,
     tool_calls: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
 struct Line<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     model: Option<Cow<'a, str>>,
     #[serde(borrow)]
     message: Option<Message<'a>>,
     /// `/api/generate`.
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     response: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     thinking: Option<Cow<'a, str>>,
     done: Option<bool>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     done_reason: Option<Cow<'a, str>>,
     prompt_eval_count: Option<u64>,
     eval_count: Option<u64>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     error: Option<Cow<'a, str>>,
 }
 
@@ -45,7 +46,7 @@ pub(crate) fn line(
     ts_ns: u64,
     streaming: bool,
 ) -> Result<(), BadJson> {
-    let l: Line<'_> = serde_json::from_slice(data)?;
+    let l: Line<'_> = json::from_bytes(data)?;
     obs.model(l.model.as_deref());
     let mut content = false;
     let message_parts = l

@@ -68,7 +68,7 @@ fn apply_usage(obs: &mut Observed, u: OaUsage) {
 
 #[derive(Deserialize)]
 struct ErrorObj<'a> {
-    #[serde(borrow, rename = "type")]
+    #[serde(borrow, rename = "type", default, deserialize_with = "json::text")]
     kind: Option<Cow<'a, str>>,
     /// A string for OpenAI, a number for some compatible servers.
     code: Option<serde_json::Value>,
@@ -89,7 +89,7 @@ impl ErrorObj<'_> {
 
 #[derive(Deserialize)]
 struct Function<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     arguments: Option<Cow<'a, str>>,
 }
 
@@ -102,14 +102,14 @@ struct ToolCall<'a> {
 /// `delta` of a chunk or `message` of a complete response.
 #[derive(Deserialize)]
 struct Message<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     content: Option<Cow<'a, str>>,
     /// DeepSeek, vLLM, OpenRouter and others stream reasoning separately.
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     reasoning_content: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     reasoning: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     refusal: Option<Cow<'a, str>>,
     #[serde(borrow)]
     tool_calls: Option<Vec<ToolCall<'a>>>,
@@ -148,10 +148,54 @@ struct Choice<'a> {
     #[serde(borrow)]
     message: Option<Message<'a>>,
     /// Legacy Completions.
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     text: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     finish_reason: Option<Cow<'a, str>>,
+}
+
+/// A `choices` array. Stream chunks and most responses carry one choice:
+/// it is held inline, so decoding a chunk allocates no vector.
+#[derive(Default)]
+struct Choices<'a> {
+    first: Option<Choice<'a>>,
+    rest: Vec<Choice<'a>>,
+}
+
+impl<'a> Choices<'a> {
+    fn iter(&self) -> impl Iterator<Item = &Choice<'a>> {
+        self.first.iter().chain(&self.rest)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Choices<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<Choices<'a>>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Choices<'a>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of choices")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut choices = Choices {
+                    first: seq.next_element()?,
+                    rest: Vec::new(),
+                };
+                if choices.first.is_some() {
+                    while let Some(choice) = seq.next_element()? {
+                        choices.rest.push(choice);
+                    }
+                }
+                Ok(choices)
+            }
+        }
+        deserializer.deserialize_seq(Visit(std::marker::PhantomData))
+    }
 }
 
 /// Groq's extension object; its `usage` ends a stream.
@@ -174,12 +218,12 @@ struct Timings {
 /// Embeddings response (whose `data` is skipped).
 #[derive(Deserialize)]
 struct Completion<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     model: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    choices: Option<Vec<Choice<'a>>>,
+    choices: Option<Choices<'a>>,
     usage: Option<OaUsage>,
     #[serde(borrow)]
     error: Option<ErrorObj<'a>>,
@@ -187,10 +231,10 @@ struct Completion<'a> {
     timings: Option<Timings>,
     /// llama.cpp native `/completion`: the generated text, the end flag and
     /// the token counts.
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     content: Option<Cow<'a, str>>,
     stop: Option<serde_json::Value>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     stop_type: Option<Cow<'a, str>>,
     tokens_evaluated: Option<u64>,
     tokens_predicted: Option<u64>,
@@ -221,27 +265,8 @@ fn apply_llama_cpp(obs: &mut Observed, c: &Completion<'_>) {
 fn apply_completion(obs: &mut Observed, mut c: Completion<'_>) -> bool {
     obs.model(c.model.as_deref());
     obs.id(c.id.as_deref());
-    let mut content = false;
-    if let Some(text) = &c.content {
-        content |= !text.is_empty();
-        obs.text(text);
-    }
-    // llama.cpp `/completion`: `stop: true` on the last event (OpenAI's
-    // `stop` is a request field, never in a response).
-    if c.stop.as_ref().and_then(|s| s.as_bool()) == Some(true) {
-        obs.terminal = true;
-        obs.finish(c.stop_type.as_deref());
-    }
-    for choice in c.choices.iter().flatten() {
-        for m in [&choice.delta, &choice.message].into_iter().flatten() {
-            content |= m.collect(obs);
-        }
-        if let Some(text) = &choice.text {
-            content |= !text.is_empty();
-            obs.text(text);
-        }
-        obs.finish(choice.finish_reason.as_deref());
-    }
+    // Usage first: once it is known the text need not be kept for an
+    // estimate (a complete response carries both).
     let usage = c
         .usage
         .take()
@@ -260,6 +285,27 @@ fn apply_completion(obs: &mut Observed, mut c: Completion<'_>) -> bool {
             c.timings.as_ref().and_then(|t| t.cache_n),
         );
     }
+    let mut content = false;
+    if let Some(text) = &c.content {
+        content |= !text.is_empty();
+        obs.text(text);
+    }
+    // llama.cpp `/completion`: `stop: true` on the last event (OpenAI's
+    // `stop` is a request field, never in a response).
+    if c.stop.as_ref().and_then(|s| s.as_bool()) == Some(true) {
+        obs.terminal = true;
+        obs.finish(c.stop_type.as_deref());
+    }
+    for choice in c.choices.iter().flat_map(Choices::iter) {
+        for m in [&choice.delta, &choice.message].into_iter().flatten() {
+            content |= m.collect(obs);
+        }
+        if let Some(text) = &choice.text {
+            content |= !text.is_empty();
+            obs.text(text);
+        }
+        obs.finish(choice.finish_reason.as_deref());
+    }
     if let Some(e) = c.error {
         obs.error_type = Some(e.error_type());
     }
@@ -272,7 +318,7 @@ pub(crate) fn chat_chunk(obs: &mut Observed, data: &[u8], ts_ns: u64) -> Result<
         obs.terminal = true;
         return Ok(());
     }
-    let chunk: Completion<'_> = serde_json::from_slice(data)?;
+    let chunk: Completion<'_> = json::from_bytes(data)?;
     if apply_completion(obs, chunk) {
         obs.content_event(ts_ns);
     }
@@ -281,7 +327,7 @@ pub(crate) fn chat_chunk(obs: &mut Observed, data: &[u8], ts_ns: u64) -> Result<
 
 /// A complete Chat Completions / Completions / Embeddings response.
 pub(crate) fn body(obs: &mut Observed, body: &[u8]) -> Result<(), BadJson> {
-    let c: Completion<'_> = serde_json::from_slice(body)?;
+    let c: Completion<'_> = json::from_bytes(body)?;
     apply_completion(obs, c);
     obs.terminal = true;
     Ok(())
@@ -300,13 +346,13 @@ pub(crate) fn body_tail(obs: &mut Observed, tail: &[u8]) {
 
 #[derive(Deserialize)]
 struct IncompleteDetails<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     reason: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct OutputContent<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     text: Option<Cow<'a, str>>,
 }
 
@@ -314,18 +360,18 @@ struct OutputContent<'a> {
 struct OutputItem<'a> {
     #[serde(borrow)]
     content: Option<Vec<OutputContent<'a>>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     arguments: Option<Cow<'a, str>>,
 }
 
 /// A Responses API `response` object.
 #[derive(Deserialize)]
 struct Response<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     model: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     status: Option<Cow<'a, str>>,
     #[serde(borrow)]
     incomplete_details: Option<IncompleteDetails<'a>>,
@@ -368,7 +414,7 @@ fn apply_response(obs: &mut Observed, r: Response<'_>, with_text: bool) {
 
 /// A complete Responses API response.
 pub(crate) fn responses_body(obs: &mut Observed, body: &[u8]) -> Result<(), BadJson> {
-    let r: Response<'_> = serde_json::from_slice(body)?;
+    let r: Response<'_> = json::from_bytes(body)?;
     apply_response(obs, r, true);
     obs.terminal = true;
     Ok(())
@@ -376,13 +422,13 @@ pub(crate) fn responses_body(obs: &mut Observed, body: &[u8]) -> Result<(), BadJ
 
 #[derive(Deserialize)]
 struct ResponsesEvent<'a> {
-    #[serde(borrow, rename = "type")]
+    #[serde(borrow, rename = "type", default, deserialize_with = "json::text")]
     kind: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     delta: Option<Cow<'a, str>>,
     #[serde(borrow)]
     response: Option<Response<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     code: Option<Cow<'a, str>>,
 }
 
@@ -398,7 +444,7 @@ pub(crate) fn responses_event(
     if !event.is_empty() && !is_interesting(event) {
         return Ok(());
     }
-    let ev: ResponsesEvent<'_> = serde_json::from_slice(data)?;
+    let ev: ResponsesEvent<'_> = json::from_bytes(data)?;
     let kind = ev.kind.as_deref().unwrap_or(event);
     if kind.ends_with(".delta") {
         if let Some(d) = ev.delta.as_deref() {

@@ -1,6 +1,6 @@
 //! Error classification and `retry-after` decoding.
 
-use crate::protocols::event::{header, Header};
+use crate::protocols::event::Headers;
 
 /// Error type of a refused call from its status and the body's error
 /// `type`/`code` (any provider's spelling).
@@ -42,16 +42,16 @@ pub(crate) fn classify_stream_error(kind: &str) -> String {
 
 /// Seconds to wait from `retry-after-ms`, `retry-after` (seconds or an
 /// HTTP-date taken relative to the response's own `date` header).
-pub(crate) fn retry_after_s(headers: &[Header]) -> Option<f64> {
-    if let Some(ms) = header(headers, "retry-after-ms").and_then(parse_seconds) {
+pub(crate) fn retry_after_s(headers: &Headers) -> Option<f64> {
+    if let Some(ms) = headers.get("retry-after-ms").and_then(parse_seconds) {
         return Some(ms / 1000.0);
     }
-    let value = header(headers, "retry-after")?;
+    let value = headers.get("retry-after")?;
     if let Some(s) = parse_seconds(value) {
         return Some(s);
     }
     let at = http_date(value)?;
-    let now = http_date(header(headers, "date")?)?;
+    let now = http_date(headers.get("date")?)?;
     Some((at - now).max(0) as f64)
 }
 
@@ -120,11 +120,8 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 mod tests {
     use super::*;
 
-    fn h(name: &str, value: &str) -> Header {
-        Header {
-            name: name.into(),
-            value: value.into(),
-        }
+    fn h(fields: &[(&str, &str)]) -> Headers {
+        fields.iter().copied().collect()
     }
 
     #[test]
@@ -150,21 +147,21 @@ mod tests {
 
     #[test]
     fn retry_after_forms() {
-        assert_eq!(retry_after_s(&[h("retry-after", "20")]), Some(20.0));
+        assert_eq!(retry_after_s(&h(&[("retry-after", "20")])), Some(20.0));
         assert_eq!(
-            retry_after_s(&[h("retry-after", "1.5"), h("retry-after-ms", "250")]),
+            retry_after_s(&h(&[("retry-after", "1.5"), ("retry-after-ms", "250")])),
             Some(0.25)
         );
-        let dated = [
-            h("date", "Wed, 21 Oct 2015 07:28:00 GMT"),
-            h("retry-after", "Wed, 21 Oct 2015 07:28:45 GMT"),
-        ];
+        let dated = h(&[
+            ("date", "Wed, 21 Oct 2015 07:28:00 GMT"),
+            ("retry-after", "Wed, 21 Oct 2015 07:28:45 GMT"),
+        ]);
         assert_eq!(retry_after_s(&dated), Some(45.0));
         assert_eq!(
-            retry_after_s(&[h("retry-after", "Wed, 21 Oct 2015 07:28:45 GMT")]),
+            retry_after_s(&h(&[("retry-after", "Wed, 21 Oct 2015 07:28:45 GMT")])),
             None
         );
-        assert_eq!(retry_after_s(&[h("retry-after", "-3")]), None);
+        assert_eq!(retry_after_s(&h(&[("retry-after", "-3")])), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::{AssembleStats, CallAssembler, Limits};
-use crate::protocols::event::{AbortReason, Header, HttpEvent, RequestHead, ResponseHead};
+use crate::protocols::event::{AbortReason, Headers, HttpEvent, RequestHead, ResponseHead};
 use crate::record::{LlmCall, Usage};
 
 macro_rules! fixtures {
@@ -121,15 +121,8 @@ fn chunk_ts(i: usize) -> u64 {
     T_BODY + 10 * i as u64
 }
 
-fn headers(pairs: &[(String, String)]) -> Vec<Header> {
-    pairs
-        .iter()
-        .filter(|(n, _)| n != "host")
-        .map(|(n, v)| Header {
-            name: n.clone(),
-            value: v.clone(),
-        })
-        .collect()
+fn headers(pairs: &[(String, String)]) -> Headers {
+    pairs.iter().filter(|(n, _)| n != "host").cloned().collect()
 }
 
 /// The events helper A's HTTP parser would emit for the exchange, with the
@@ -393,7 +386,7 @@ fn request(path: &str, method: &str, authority: &str, body: &str) -> Vec<HttpEve
                 method: method.into(),
                 path: path.into(),
                 authority: Some(authority.into()),
-                headers: Vec::new(),
+                headers: Headers::new(),
             },
             ts_ns: 1,
         },
@@ -415,10 +408,7 @@ fn json_response(body: &str) -> Vec<HttpEvent> {
             stream: 0,
             head: ResponseHead {
                 status: 200,
-                headers: vec![Header {
-                    name: "content-type".into(),
-                    value: "application/json".into(),
-                }],
+                headers: Headers::from_iter([("content-type", "application/json")]),
             },
             ts_ns: 4,
         },
@@ -522,10 +512,7 @@ fn streamed_response(content_type: &str, chunks: &[&str], end: HttpEvent) -> Vec
         stream: 0,
         head: ResponseHead {
             status: 200,
-            headers: vec![Header {
-                name: "content-type".into(),
-                value: content_type.into(),
-            }],
+            headers: Headers::from_iter([("content-type", content_type)]),
         },
         ts_ns: 4,
     }];
@@ -638,10 +625,7 @@ fn retry_after_ms_and_status_only_errors() {
         stream: 0,
         head: ResponseHead {
             status: 503,
-            headers: vec![Header {
-                name: "retry-after-ms".into(),
-                value: "1500".into(),
-            }],
+            headers: Headers::from_iter([("retry-after-ms", "1500")]),
         },
         ts_ns: 4,
     });

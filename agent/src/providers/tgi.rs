@@ -15,12 +15,13 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use super::decode::{set, BadJson, Observed};
+use super::json;
 use super::status::classify_stream_error;
-use crate::protocols::event::{header, Header};
+use crate::protocols::event::Headers;
 
 #[derive(Deserialize)]
 struct Token<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     text: Option<Cow<'a, str>>,
     #[serde(default)]
     special: bool,
@@ -28,7 +29,7 @@ struct Token<'a> {
 
 #[derive(Deserialize)]
 struct Details<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     finish_reason: Option<Cow<'a, str>>,
     generated_tokens: Option<u64>,
     /// Stream details only.
@@ -41,13 +42,13 @@ struct Details<'a> {
 struct Output<'a> {
     #[serde(borrow)]
     token: Option<Token<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     generated_text: Option<Cow<'a, str>>,
     #[serde(borrow)]
     details: Option<Details<'a>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     error: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "json::text")]
     error_type: Option<Cow<'a, str>>,
 }
 
@@ -77,7 +78,7 @@ fn apply_error(obs: &mut Observed, o: &Output<'_>) {
 
 /// One SSE event of `/generate_stream`.
 pub(crate) fn event(obs: &mut Observed, data: &[u8], ts_ns: u64) -> Result<(), BadJson> {
-    let o: Output<'_> = serde_json::from_slice(data)?;
+    let o: Output<'_> = json::from_bytes(data)?;
     if let Some(t) = &o.token {
         if !t.special {
             if let Some(text) = &t.text {
@@ -107,7 +108,7 @@ enum Body<'a> {
 
 /// A complete `/generate` response.
 pub(crate) fn body(obs: &mut Observed, body: &[u8]) -> Result<(), BadJson> {
-    let outputs = match serde_json::from_slice::<Body<'_>>(body)? {
+    let outputs = match json::from_bytes::<Body<'_>>(body)? {
         Body::One(o) => vec![o],
         Body::Many(v) => v,
     };
@@ -125,8 +126,8 @@ pub(crate) fn body(obs: &mut Observed, body: &[u8]) -> Result<(), BadJson> {
 }
 
 /// `x-prompt-tokens` / `x-generated-tokens`, for what the body did not say.
-pub(crate) fn usage_from_headers(obs: &mut Observed, headers: &[Header]) {
-    let count = |name| header(headers, name).and_then(|v| v.trim().parse::<u64>().ok());
+pub(crate) fn usage_from_headers(obs: &mut Observed, headers: &Headers) {
+    let count = |name| headers.get(name).and_then(|v| v.trim().parse::<u64>().ok());
     let (input, output) = (count("x-prompt-tokens"), count("x-generated-tokens"));
     if obs.usage.input_tokens.is_none() {
         set(&mut obs.usage.input_tokens, input);

@@ -58,7 +58,7 @@ Authorization: Bearer sk-1\r\nCookie: a=b\r\nX-Goog-Api-Key: k\r\nAccept: */*\r\
     };
     assert_eq!(head.path, "/v1/models");
     assert_eq!(head.authority.as_deref(), Some("api.example.com"));
-    let names: Vec<_> = head.headers.iter().map(|h| h.name.as_str()).collect();
+    let names: Vec<_> = head.headers.iter().map(|h| h.name).collect();
     assert_eq!(names, ["host", "accept"]);
 }
 
@@ -364,7 +364,7 @@ fn trailers(events: &[HttpEvent]) -> Vec<Trailers> {
                 *from,
                 headers
                     .iter()
-                    .map(|h| (h.name.clone(), h.value.clone()))
+                    .map(|h| (h.name.to_string(), h.value.to_string()))
                     .collect(),
             )),
             _ => None,
@@ -441,4 +441,23 @@ fn trailers_past_their_bound_stop_the_connection() {
             ..
         })
     ));
+}
+
+#[test]
+fn credential_names_match_in_any_case_and_differ_in_length() {
+    use crate::protocols::{is_credential_header, CREDENTIAL_HEADERS};
+    for (i, name) in CREDENTIAL_HEADERS.iter().enumerate() {
+        // `is_credential_header` compares with the one name of each length.
+        assert!(
+            CREDENTIAL_HEADERS[i + 1..]
+                .iter()
+                .all(|other| other.len() != name.len()),
+            "{name}"
+        );
+        assert!(is_credential_header(name));
+        assert!(is_credential_header(&name.to_ascii_uppercase()));
+    }
+    for name in ["content-type", "x-api-keys", "authorizatio", "cookies", ""] {
+        assert!(!is_credential_header(name), "{name}");
+    }
 }

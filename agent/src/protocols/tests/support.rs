@@ -96,7 +96,7 @@ pub fn exchanges(events: &[HttpEvent]) -> BTreeMap<u64, Exchange> {
                 x.path = Some(head.path.clone());
                 x.authority = head.authority.clone();
                 x.header_names
-                    .extend(head.headers.iter().map(|h| h.name.clone()));
+                    .extend(head.headers.iter().map(|h| h.name.to_string()));
             }
             HttpEvent::RequestBody { stream, data, .. } => map
                 .entry(*stream)
@@ -110,7 +110,7 @@ pub fn exchanges(events: &[HttpEvent]) -> BTreeMap<u64, Exchange> {
                 let x = map.entry(*stream).or_default();
                 x.status = Some(head.status);
                 x.header_names
-                    .extend(head.headers.iter().map(|h| h.name.clone()));
+                    .extend(head.headers.iter().map(|h| h.name.to_string()));
             }
             HttpEvent::ResponseBody { stream, data, .. } => map
                 .entry(*stream)
@@ -131,7 +131,7 @@ pub fn exchanges(events: &[HttpEvent]) -> BTreeMap<u64, Exchange> {
                 .entry(*stream)
                 .or_default()
                 .trailer_names
-                .extend(headers.iter().map(|h| h.name.clone())),
+                .extend(headers.iter().map(|h| h.name.to_string())),
         }
     }
     map
