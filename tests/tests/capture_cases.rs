@@ -33,22 +33,7 @@ impl Server {
         if let Some(dir) = log_dir {
             cmd.arg("--log-dir").arg(dir);
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start fake_llm.py");
-        let stdout = child.stdout.take().expect("stdout");
-        let guard = Guard(child);
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("READY line");
-        let port = line
-            .trim()
-            .strip_prefix("READY ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("fake_llm.py said {line:?}"));
+        let (guard, port) = spawn_fake_llm(cmd.stderr(Stdio::inherit()));
         Server {
             _guard: guard,
             port,

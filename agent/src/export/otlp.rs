@@ -580,7 +580,7 @@ fn resource(options: &OtlpOptions) -> Resource {
         .build()
 }
 
-pub(super) fn scope() -> InstrumentationScope {
+fn scope() -> InstrumentationScope {
     InstrumentationScope::builder("tokenscope")
         .with_version(env!("CARGO_PKG_VERSION"))
         .build()
@@ -637,6 +637,29 @@ pub fn span(record: &CallRecord, ids: &RandomIdGenerator) -> SpanData {
         Some(kind) => Status::error(kind),
         None => Status::Unset,
     };
+    let kind = match record.side {
+        Side::Client => SpanKind::Client,
+        Side::Server => SpanKind::Server,
+    };
+    root_span(
+        ids,
+        kind,
+        name,
+        (start, end),
+        span_attributes(record),
+        status,
+    )
+}
+
+/// A sampled root span of this agent's scope, with fresh ids.
+pub(super) fn root_span(
+    ids: &RandomIdGenerator,
+    kind: SpanKind,
+    name: String,
+    (start, end): (std::time::SystemTime, std::time::SystemTime),
+    attributes: Vec<KeyValue>,
+    status: Status,
+) -> SpanData {
     SpanData {
         span_context: SpanContext::new(
             ids.new_trace_id(),
@@ -647,14 +670,11 @@ pub fn span(record: &CallRecord, ids: &RandomIdGenerator) -> SpanData {
         ),
         parent_span_id: SpanId::INVALID,
         parent_span_is_remote: false,
-        span_kind: match record.side {
-            Side::Client => SpanKind::Client,
-            Side::Server => SpanKind::Server,
-        },
+        span_kind: kind,
         name: Cow::Owned(name),
         start_time: start,
         end_time: end.max(start),
-        attributes: span_attributes(record),
+        attributes,
         dropped_attributes_count: 0,
         events: Default::default(),
         links: Default::default(),

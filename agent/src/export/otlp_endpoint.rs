@@ -2,40 +2,26 @@
 //! CLIENT span named `tls <server name>` over the connection's life, with
 //! its bytes and who made it. Collectors see this traffic as they see calls.
 
-use std::borrow::Cow;
 use std::time::{Duration, UNIX_EPOCH};
 
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState};
+use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry::KeyValue;
-use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData};
+use opentelemetry_sdk::trace::{RandomIdGenerator, SpanData};
 
-use super::otlp::scope;
+use super::otlp::root_span;
 use crate::record::endpoint::EndpointConnection;
 
 pub fn endpoint_span(c: &EndpointConnection, ids: &RandomIdGenerator) -> SpanData {
     let start = UNIX_EPOCH + Duration::from_nanos(c.start_time_unix_nano);
     let end = UNIX_EPOCH + Duration::from_nanos(c.end_time_unix_nano);
-    SpanData {
-        span_context: SpanContext::new(
-            ids.new_trace_id(),
-            ids.new_span_id(),
-            TraceFlags::SAMPLED,
-            false,
-            TraceState::default(),
-        ),
-        parent_span_id: SpanId::INVALID,
-        parent_span_is_remote: false,
-        span_kind: SpanKind::Client,
-        name: Cow::Owned(format!("tls {}", c.server_address)),
-        start_time: start,
-        end_time: end.max(start),
-        attributes: attributes(c),
-        dropped_attributes_count: 0,
-        events: Default::default(),
-        links: Default::default(),
-        status: Status::Unset,
-        instrumentation_scope: scope(),
-    }
+    root_span(
+        ids,
+        SpanKind::Client,
+        format!("tls {}", c.server_address),
+        (start, end),
+        attributes(c),
+        Status::Unset,
+    )
 }
 
 fn attributes(c: &EndpointConnection) -> Vec<KeyValue> {
