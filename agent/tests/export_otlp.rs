@@ -364,6 +364,17 @@ fn assert_no_secrets(receiver: &Receiver) {
     }
 }
 
+/// Every span the receiver decoded, in arrival order.
+fn spans_in(received: &support_export::Received) -> Vec<&Span> {
+    received
+        .traces
+        .iter()
+        .flat_map(|t| &t.resource_spans)
+        .flat_map(|rs| &rs.scope_spans)
+        .flat_map(|ss| &ss.spans)
+        .collect()
+}
+
 async fn flush(exporter: &Arc<OtlpExporter>) {
     let exporter = Arc::clone(exporter);
     tokio::task::spawn_blocking(move || exporter.flush())
@@ -423,13 +434,7 @@ async fn scenario(transport: Transport) {
     flush(&exporter).await;
     {
         let received = lock(&receiver.received);
-        let spans: Vec<&Span> = received
-            .traces
-            .iter()
-            .flat_map(|t| &t.resource_spans)
-            .flat_map(|rs| &rs.scope_spans)
-            .flat_map(|ss| &ss.spans)
-            .collect();
+        let spans = spans_in(&received);
         assert_eq!(spans.len(), healthy.len());
         for record in &healthy {
             let span = spans
@@ -683,13 +688,7 @@ async fn an_undecrypted_endpoint_connection_arrives_as_a_client_span() {
     flush(&exporter).await;
     {
         let received = lock(&receiver.received);
-        let spans: Vec<&Span> = received
-            .traces
-            .iter()
-            .flat_map(|t| &t.resource_spans)
-            .flat_map(|rs| &rs.scope_spans)
-            .flat_map(|ss| &ss.spans)
-            .collect();
+        let spans = spans_in(&received);
         assert_eq!(spans.len(), 1, "{spans:#?}");
         let span = spans[0];
         assert_eq!(span.name, "tls api.anthropic.com");

@@ -155,8 +155,8 @@ fn program_deltas(
 /// would hide the agent's cost. (`LlmServer::start` runs the script as is.)
 fn llm_server() -> (Guard, u16) {
     let script = root().join("tests/servers/fake_llm.py");
-    let mut child = Command::new("python3")
-        .arg("-c")
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c")
         .arg(
             "import runpy, socketserver, sys\n\
              socketserver.StreamRequestHandler.disable_nagle_algorithm = True\n\
@@ -164,22 +164,8 @@ fn llm_server() -> (Guard, u16) {
              runpy.run_path(sys.argv[0], run_name='__main__')",
         )
         .arg(&script)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start fake_llm.py");
-    let stdout = child.stdout.take().expect("stdout");
-    let guard = Guard(child);
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("READY line");
-    let port = line
-        .trim()
-        .strip_prefix("READY ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("fake_llm.py said {line:?}"));
-    (guard, port)
+        .stderr(Stdio::inherit());
+    tokenscope_tests::spawn_fake_llm(&mut cmd)
 }
 
 /// A loopback echo server for the plain-socket workload.
