@@ -86,8 +86,7 @@ fn enter(ctx: &ProbeContext, dir: u8) {
         len_ptr: args.g,
         dir,
         source: SOURCE_TLS_GO,
-        used_socket: 0,
-        _pad: [0; 5],
+        _pad: [0; 6],
     };
     let _ = SSL_ACTIVE.insert(&pid_tgid, &active, 0);
     let saved = SslCall {

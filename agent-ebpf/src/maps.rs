@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tokenscope_common::{
-    ConnState, Counter, Offsets, PendingWrite, SslCall, COUNTER_COUNT, SCRATCH_SIZE,
+    ConnState, Counter, Offsets, PendingWrite, SslCall, WriteGuard, COUNTER_COUNT, SCRATCH_SIZE,
 };
 
 #[map]
@@ -17,15 +17,22 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_CO
 #[map]
 pub static CONN_STATE: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, 0);
 
+/// SSL reads (and Go TLS calls) in flight, by pid_tgid. Per-thread maps are
+/// plain hash maps, cheaper than LRU ones: a thread has one entry at most,
+/// and its exit removes it (`process.rs`).
 #[map]
-pub static SSL_ACTIVE: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16384, 0);
+pub static SSL_ACTIVE: HashMap<u64, SslCall> = HashMap::with_max_entries(32768, 0);
 
 #[map]
 pub static TLS_LINKED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
-/// Memory-BIO SSL writes whose ciphertext the thread has yet to send, by pid_tgid.
+/// The SSL write each thread entered last, by pid_tgid (see `tls.rs`).
 #[map]
-pub static PENDING_WRITE: LruHashMap<u64, PendingWrite> = LruHashMap::with_max_entries(16384, 0);
+pub static PENDING_WRITE: HashMap<u64, PendingWrite> = HashMap::with_max_entries(32768, 0);
+
+/// Per SSL object, what its next write must not take again (see `tls.rs`).
+#[map]
+pub static WRITE_GUARD: LruHashMap<u64, WriteGuard> = LruHashMap::with_max_entries(16384, 0);
 
 /// Go `crypto/tls` calls in flight by `[tgid, g]`; see `gotls.rs`.
 #[map]

@@ -11,9 +11,9 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tokenscope_common::{
-    ConnEvent, ConnState, Counter, EventKind, SslCall, TlsLinkEvent, Tuple, CONN_CLOSE, DIR_EGRESS,
-    DIR_INGRESS, FLAG_TRUNCATED, FLAG_UNREADABLE, SOURCE_SOCKET, SOURCE_TLS_GO, VERDICT_CIPHER,
-    VERDICT_MUTED,
+    ConnEvent, ConnState, Counter, EventKind, SslCall, TlsLinkEvent, Tuple, WriteGuard, CONN_CLOSE,
+    DIR_EGRESS, DIR_INGRESS, FLAG_TRUNCATED, FLAG_UNREADABLE, SOURCE_SOCKET, SOURCE_TLS_GO,
+    VERDICT_CIPHER, VERDICT_MUTED,
 };
 
 use crate::{
@@ -21,7 +21,7 @@ use crate::{
     filter::{ports_allowed, process_allowed},
     maps::{
         agent_tgid, count, filters, offsets, CONN_STATE, EVENTS, GO_CALLS, PENDING_WRITE,
-        SSL_ACTIVE, TLS_LINKED,
+        SSL_ACTIVE, TLS_LINKED, WRITE_GUARD,
     },
 };
 
@@ -29,12 +29,14 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const SOCK_STREAM: u16 = 1;
 const TCP_CLOSE: i32 = 7;
+const EAGAIN: i32 = 11;
 
 // x86_64 `struct pt_regs` offsets of the syscall number and arguments.
 const REG_R14: usize = 8;
 const REG_DX: usize = 96;
 const REG_SI: usize = 104;
 const REG_ORIG_AX: usize = 120;
+const REG_SP: usize = 152;
 
 const SYS_READ: u64 = 0;
 const SYS_WRITE: u64 = 1;
@@ -144,6 +146,9 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
     count(Counter::SocketCalls, 1);
     let ret: i32 = ctx.arg(1);
     if ret <= 0 {
+        if ret == -EAGAIN && dir == DIR_EGRESS {
+            write_blocked(bpf_get_current_pid_tgid());
+        }
         return;
     }
     let sk: u64 = ctx.arg(0);
@@ -235,10 +240,11 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
     let arg1: u64 = read_kernel(regs + REG_SI as u64).unwrap_or(0);
     let arg2: u64 = read_kernel(regs + REG_DX as u64).unwrap_or(0);
 
-    // The ciphertext of a memory-BIO SSL write that just returned on this
-    // thread, before user space has marked the socket TLS: the bytes must
-    // be a TLS application-data record, so a plain socket written meanwhile
-    // is never taken for it.
+    // The ciphertext of the SSL write this thread entered last (written
+    // inside the call through a socket BIO, right after it through a memory
+    // BIO), on a socket not yet known as TLS: the bytes must be a TLS
+    // application-data record, so a plain socket written meanwhile is never
+    // taken for it.
     if dir == DIR_EGRESS && unsafe { PENDING_WRITE.get(&pid_tgid) }.is_some() {
         let head = first_buffer(nr, arg1);
         if head != 0
@@ -315,26 +321,64 @@ fn link_active_call(pid_tgid: u64, sk: u64) -> bool {
     let Some(call) = SSL_ACTIVE.get_ptr_mut(&pid_tgid) else {
         return false;
     };
-    let call = unsafe { &mut *call };
-    if !in_tls_call(call) {
+    if !in_tls_call(unsafe { &*call }) {
         return false;
     }
-    call.used_socket = 1;
-    link_tls(call.ssl, sk);
+    link_tls(unsafe { (*call).ssl }, sk);
     true
 }
 
-/// The SSL object of a memory-BIO write this thread returned from in the
-/// last 10 ms, taken once.
+/// The SSL object of the write this thread entered in the last 10 ms, once:
+/// its ciphertext is this thread's next TLS record.
 #[inline(always)]
 fn take_pending_write(pid_tgid: u64) -> Option<u64> {
-    let pending = unsafe { PENDING_WRITE.get(&pid_tgid) }.copied()?;
-    let _ = PENDING_WRITE.remove(&pid_tgid);
+    let pending = PENDING_WRITE.get_ptr_mut(&pid_tgid)?;
+    let pending = unsafe { &mut *pending };
+    if pending.linked != 0 {
+        return None;
+    }
+    pending.linked = 1;
     let age = unsafe { bpf_ktime_get_ns() }.wrapping_sub(pending.ts_ns);
     if age > 10_000_000 {
         return None;
     }
     Some(pending.ssl)
+}
+
+/// A socket write that found the socket full, made inside the SSL write
+/// this thread entered last (its entry's stack slot still holds the return
+/// address, and the stack is below it): the library returns an error and
+/// the caller calls again with the same bytes, which were taken at the
+/// first entry. Marks the SSL object so that the repeat is skipped. A
+/// memory BIO's ciphertext, written after the call returned, never marks it.
+#[inline(always)]
+fn write_blocked(pid_tgid: u64) {
+    let Some(pending) = (unsafe { PENDING_WRITE.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let sp: u64 = read_kernel(regs + REG_SP as u64).unwrap_or(u64::MAX);
+    if sp >= pending.sp
+        || unsafe { bpf_probe_read_user(pending.sp as *const u64) } != Ok(pending.ret_addr)
+    {
+        return;
+    }
+    match WRITE_GUARD.get_ptr_mut(&pending.ssl) {
+        Some(guard) => unsafe {
+            (*guard).retry = 1;
+            (*guard).num = pending.num;
+        },
+        None => {
+            let guard = WriteGuard {
+                buf: 0,
+                end: 0,
+                num: pending.num,
+                retry: 1,
+                _pad: [0; 7],
+            };
+            let _ = WRITE_GUARD.insert(&pending.ssl, &guard, 0);
+        }
+    }
 }
 
 /// Whether this socket call is made by the SSL call saved for the thread.

@@ -1,5 +1,24 @@
 //! TLS plaintext from OpenSSL-family `SSL_write`/`SSL_read` and their `_ex`
-//! variants: the entry saves the buffer, the return probe copies what moved.
+//! variants, or the internal function both variants call.
+//!
+//! A probe hit costs a trap, and a return probe a second one. A write's
+//! buffer and length are known at entry, so writes are taken there, with
+//! one trap. A read learns its byte count only on return: its entry saves
+//! the buffer and the return probe copies what was read.
+//!
+//! A write taken at entry is taken before the library has tried it. Two
+//! outcomes send the same bytes through a second call, and the second call
+//! is skipped (`ssl_write_repeats`):
+//! - the socket was full (EAGAIN): the library returns an error and the
+//!   caller must call again with the same length. The socket program sees
+//!   the failed write of a TLS record made inside the call and marks the
+//!   SSL object's [`WriteGuard`];
+//! - a partial write (`SSL_MODE_ENABLE_PARTIAL_WRITE`) returns after one
+//!   record, and the caller goes on from inside the same buffer: a write
+//!   that ends where the last one ended, from inside it, is skipped.
+//!
+//! A write that fails for good (a reset) was offered all the same; the
+//! connection's end tells user space what became of it.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
@@ -8,14 +27,18 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tokenscope_common::{
-    ssl_cookie, Counter, PendingWrite, SslCall, Tuple, DIR_EGRESS, FLAG_TRUNCATED,
+    ssl_cookie, Counter, PendingWrite, SslCall, Tuple, WriteGuard, DIR_EGRESS, FLAG_TRUNCATED,
 };
 
 use crate::{
     emit::{admit, begin, direct, lost_from, opens_request},
     filter::process_allowed,
-    maps::{agent_tgid, count, filters, CONN_STATE, PENDING_WRITE, SSL_ACTIVE},
+    maps::{agent_tgid, count, filters, CONN_STATE, PENDING_WRITE, SSL_ACTIVE, WRITE_GUARD},
 };
+
+/// TLS records carry at most 16 KiB of plaintext: only a longer write can
+/// be partial.
+const MAX_RECORD: u64 = 16 * 1024;
 
 /// Entry of `SSL_read`/`SSL_write`, their `_ex` variants, or the internal
 /// function both call; the attach cookie tells which.
@@ -26,6 +49,7 @@ pub fn ssl_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// Return of a read (writes have none).
 #[uretprobe]
 pub fn ssl_leave(ctx: RetProbeContext) -> u32 {
     leave(&ctx);
@@ -47,6 +71,23 @@ fn enter(ctx: &ProbeContext, cookie: u64) {
     let (dir, len_arg, source) = ssl_cookie::decode(cookie);
     let ssl: u64 = ctx.arg(0).unwrap_or(0);
     let buf: u64 = ctx.arg(1).unwrap_or(0);
+    if dir == DIR_EGRESS {
+        let num: u64 = ctx.arg(2).unwrap_or(0);
+        // `SSL_write` takes an int: the register's upper half is undefined.
+        let num = if len_arg == ssl_cookie::LEN_RETURNED {
+            let n = num as i32;
+            if n <= 0 {
+                return;
+            }
+            n as u64
+        } else {
+            num
+        };
+        let sp = unsafe { (*ctx.regs).rsp };
+        let ret_addr = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
+        write_entered(pid_tgid, ssl, buf, num, sp, ret_addr, source);
+        return;
+    }
     // Both registers are read before choosing: a load at a computed
     // context offset is refused by the verifier.
     let arg3: u64 = ctx.arg(3).unwrap_or(0);
@@ -62,10 +103,62 @@ fn enter(ctx: &ProbeContext, cookie: u64) {
         len_ptr,
         dir,
         source,
-        used_socket: 0,
-        _pad: [0; 5],
+        _pad: [0; 6],
     };
     let _ = SSL_ACTIVE.insert(&pid_tgid, &call, 0);
+}
+
+#[inline(always)]
+fn write_entered(pid_tgid: u64, ssl: u64, buf: u64, num: u64, sp: u64, ret_addr: u64, source: u8) {
+    let pending = PendingWrite {
+        ssl,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        num,
+        sp,
+        ret_addr,
+        linked: 0,
+        _pad: [0; 7],
+    };
+    let _ = PENDING_WRITE.insert(&pid_tgid, &pending, 0);
+    if num == 0 {
+        return;
+    }
+    let end = buf.wrapping_add(num);
+    if let Some(guard) = WRITE_GUARD.get_ptr_mut(&ssl) {
+        let guard = unsafe { &mut *guard };
+        if guard.retry != 0 && guard.num == num {
+            // The retry of a write that found the socket full (the buffer
+            // may have moved: `SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER`).
+            guard.retry = 0;
+            guard.buf = buf;
+            guard.end = end;
+            count(Counter::SslWriteRepeats, 1);
+            return;
+        }
+        if buf > guard.buf && buf < guard.end && end == guard.end {
+            // The rest of a partial write.
+            count(Counter::SslWriteRepeats, 1);
+            return;
+        }
+        if num > MAX_RECORD {
+            guard.buf = buf;
+            guard.end = end;
+            guard.num = num;
+            guard.retry = 0;
+        } else {
+            let _ = WRITE_GUARD.remove(&ssl);
+        }
+    } else if num > MAX_RECORD {
+        let guard = WriteGuard {
+            buf,
+            end,
+            num,
+            retry: 0,
+            _pad: [0; 7],
+        };
+        let _ = WRITE_GUARD.insert(&ssl, &guard, 0);
+    }
+    capture(ssl, buf, num, DIR_EGRESS, source);
 }
 
 #[inline(always)]
@@ -79,15 +172,6 @@ fn leave(ctx: &RetProbeContext) {
     };
     let _ = SSL_ACTIVE.remove(&pid_tgid);
     let ret: i64 = ctx.ret();
-    if call.used_socket == 0 && call.dir == DIR_EGRESS {
-        // A memory BIO: the library's caller writes the ciphertext to the
-        // socket once the call returns, on this thread. That write links them.
-        let pending = PendingWrite {
-            ssl: call.ssl,
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-        };
-        let _ = PENDING_WRITE.insert(&pid_tgid, &pending, 0);
-    }
     let moved: u64 = if call.len_ptr != 0 {
         if ret as i32 != 1 {
             return;
@@ -100,25 +184,28 @@ fn leave(ctx: &RetProbeContext) {
         }
         ret as u64
     };
-    if moved == 0 {
+    capture(call.ssl, call.buf, moved, call.dir, call.source);
+}
+
+#[inline(always)]
+fn capture(ssl: u64, buf: u64, len: u64, dir: u8, source: u8) {
+    if len == 0 {
         return;
     }
-    let call_len = if moved > u32::MAX as u64 {
+    let call_len = if len > u32::MAX as u64 {
         u32::MAX
     } else {
-        moved as u32
+        len as u32
     };
-    let state = CONN_STATE.get_ptr_mut(&call.ssl);
-    let opens_request = state.is_none() && opens_request(call.buf);
-    let Some(limit) = admit(call.ssl, call_len, state, opens_request) else {
+    let state = CONN_STATE.get_ptr_mut(&ssl);
+    let opens_request = state.is_none() && opens_request(buf);
+    let Some(limit) = admit(ssl, call_len, state, opens_request) else {
         return;
     };
-    if !begin(call.ssl, call.dir, call.source, call_len, |t| {
-        *t = Tuple::default()
-    }) {
+    if !begin(ssl, dir, source, call_len, |t| *t = Tuple::default()) {
         return;
     }
-    let sent = direct(call.buf, limit);
+    let sent = direct(buf, limit);
     if sent < call_len {
         count(Counter::Truncated, 1);
         lost_from(sent, FLAG_TRUNCATED);

@@ -276,7 +276,7 @@ pub struct ConnState {
 }
 const _: () = assert!(core::mem::size_of::<ConnState>() == 40);
 
-/// An SSL call in flight, saved at entry for the return probe.
+/// An SSL read (or a Go TLS call) in flight, saved at entry for the return probe.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SslCall {
@@ -289,22 +289,51 @@ pub struct SslCall {
     pub dir: u8,
     /// The `SOURCE_TLS_*` library kind.
     pub source: u8,
-    /// Set by the socket programs when the call moved bytes over a socket
-    /// itself (a socket BIO); a call without it works on memory BIOs.
-    pub used_socket: u8,
-    pub _pad: [u8; 5],
+    pub _pad: [u8; 6],
 }
 const _: () = assert!(core::mem::size_of::<SslCall>() == 32);
 
-/// A write through a memory BIO (Node's TLS): the SSL object, and when the
-/// call returned. The thread's next socket write carries its ciphertext.
+/// The SSL write a thread entered last: its ciphertext goes out on the
+/// thread's next TLS-record socket write, inside the call (a socket BIO) or
+/// right after it returns (a memory BIO, Node's and asyncio's TLS).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PendingWrite {
     pub ssl: u64,
+    /// When the write was entered.
     pub ts_ns: u64,
+    /// The bytes it was asked to write.
+    pub num: u64,
+    /// The stack pointer at entry and the return address it pointed to:
+    /// while the call runs, that slot still holds that address and the
+    /// stack is below it. This tells a socket write made inside the call
+    /// from one made after it returned, with no return probe.
+    pub sp: u64,
+    pub ret_addr: u64,
+    /// A socket has been linked to it (taken once).
+    pub linked: u8,
+    pub _pad: [u8; 7],
 }
-const _: () = assert!(core::mem::size_of::<PendingWrite>() == 16);
+const _: () = assert!(core::mem::size_of::<PendingWrite>() == 48);
+
+/// What an SSL object's last write left for its next one to check, so that
+/// plaintext taken at a write's entry is taken once: a write that failed
+/// for want of socket space is called again with the same length, and a
+/// partial write (`SSL_MODE_ENABLE_PARTIAL_WRITE`) is continued from inside
+/// the same buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriteGuard {
+    /// The last write's buffer and its end.
+    pub buf: u64,
+    pub end: u64,
+    pub num: u64,
+    /// Set when a socket write of its ciphertext failed (EAGAIN): the
+    /// library returned an error and the caller will retry.
+    pub retry: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<WriteGuard>() == 32);
 
 /// Kernel struct offsets the programs need, read from BTF by user space.
 #[repr(C)]
@@ -350,9 +379,12 @@ pub enum Counter {
     SslCalls = 8,
     /// Connections and SSL calls left out by the include/exclude filters.
     Filtered = 9,
+    /// SSL writes whose plaintext was taken already: a retry after the
+    /// socket was full, or the rest of a partial write.
+    SslWriteRepeats = 10,
 }
 
-pub const COUNTER_COUNT: u32 = 10;
+pub const COUNTER_COUNT: u32 = 11;
 pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "ringbuf_full",
     "truncated",
@@ -364,6 +396,7 @@ pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "socket_calls",
     "ssl_calls",
     "filtered",
+    "ssl_write_repeats",
 ];
 
 #[cfg(feature = "user")]

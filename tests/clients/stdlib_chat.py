@@ -2,6 +2,11 @@
 
     stdlib_chat.py BASE urllib MODEL...       one urllib.request call per model
     stdlib_chat.py BASE http.client MODEL...  all models on one keep-alive connection
+    stdlib_chat.py BASE big MODEL
+        one call with a 200 KB prompt through a 4 KiB send buffer to a server
+        asked to wait 500 ms before reading it: the socket fills, and over
+        TLS the library's write fails (want-write) and is called again with
+        the same bytes
     stdlib_chat.py BASE http.client --before FILE MODEL...
         one call on a connection opened now, then "WAITING" on stdout; once FILE
         exists, the models on that same connection, then one more call
@@ -14,6 +19,7 @@ certificates are not checked (the test server's is self-signed).
 import http.client
 import json
 import os
+import socket
 import ssl
 import sys
 import time
@@ -27,11 +33,28 @@ def body(model):
     return json.dumps({"model": model, "messages": [{"role": "user", "content": "hi from " + model}]}).encode()
 
 
-def connection(base):
+def connection(base, timeout=None):
     url = urllib.parse.urlsplit(base)
     if url.scheme == "https":
-        return http.client.HTTPSConnection(url.hostname, url.port, context=ssl._create_unverified_context())
-    return http.client.HTTPConnection(url.hostname, url.port)
+        return http.client.HTTPSConnection(
+            url.hostname, url.port, timeout=timeout, context=ssl._create_unverified_context()
+        )
+    return http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
+
+
+def big_call(base, model):
+    # A timeout makes the socket non-blocking underneath: a full socket
+    # returns EAGAIN to the library instead of blocking in it.
+    conn = connection(base, timeout=30)
+    conn.connect()
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    prompt = "word " * 40_000
+    data = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}]}).encode()
+    conn.request("POST", PATH, data, {"content-type": "application/json", "x-read-delay-ms": "500"})
+    response = conn.getresponse()
+    assert response.status == 200, response.status
+    assert json.loads(response.read())["usage"]["prompt_tokens"] == 21
+    conn.close()
 
 
 def call(conn, model):
@@ -50,6 +73,9 @@ def main():
             request = urllib.request.Request(base + PATH, body(model), {"content-type": "application/json"})
             with urllib.request.urlopen(request, context=context if base.startswith("https") else None) as r:
                 assert json.loads(r.read())["usage"]["completion_tokens"] == 7
+        return 0
+    if mode == "big":
+        big_call(base, args[0])
         return 0
     before = None
     if args[:1] == ["--before"]:

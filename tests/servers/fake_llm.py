@@ -81,6 +81,8 @@ class Handler(BaseHTTPRequestHandler):
             log.close()
 
     def _body(self):
+        # A client test asks the server to read late, so that its socket fills.
+        time.sleep(int(self.headers.get("x-read-delay-ms", "0")) / 1000)
         length = int(self.headers.get("content-length", "0"))
         raw = self.rfile.read(length) if length else b""
         try:

@@ -353,6 +353,20 @@ pub fn spawn_fake_llm(cmd: &mut Command) -> (Guard, u16) {
 /// agents on the node (other test runs) are told apart by the map ids in the
 /// fdinfo of this agent's file descriptors.
 pub fn map_entries(agent_pid: u32, name: &str) -> usize {
+    let id = agent_map_id(agent_pid, name);
+    let dump: Vec<Value> = serde_json::from_str(&run_ok(Command::new("bpftool").args([
+        "map",
+        "dump",
+        "id",
+        &id.to_string(),
+        "-j",
+    ])))
+    .expect("bpftool dump JSON");
+    dump.len()
+}
+
+/// The id of the BPF map `name` among those the agent process holds.
+fn agent_map_id(agent_pid: u32, name: &str) -> u64 {
     let ids: Vec<u64> = std::fs::read_dir(format!("/proc/{agent_pid}/fdinfo"))
         .expect("agent fdinfo")
         .flatten()
@@ -366,19 +380,39 @@ pub fn map_entries(agent_pid: u32, name: &str) -> usize {
     let maps: Vec<Value> =
         serde_json::from_str(&run_ok(Command::new("bpftool").args(["map", "show", "-j"])))
             .expect("bpftool map JSON");
-    let id = maps
-        .iter()
+    maps.iter()
         .filter(|m| m["name"] == name)
         .filter_map(|m| m["id"].as_u64())
         .find(|id| ids.contains(id))
-        .unwrap_or_else(|| panic!("no {name} map among the agent's maps {ids:?}"));
-    let dump: Vec<Value> = serde_json::from_str(&run_ok(Command::new("bpftool").args([
-        "map",
-        "dump",
-        "id",
-        &id.to_string(),
-        "-j",
-    ])))
-    .expect("bpftool dump JSON");
-    dump.len()
+        .unwrap_or_else(|| panic!("no {name} map among the agent's maps {ids:?}"))
+}
+
+/// A kernel-side counter of the agent process (`tokenscope_common::Counter`),
+/// summed over CPUs, read from its counters map.
+pub fn kernel_counter(agent_pid: u32, counter: tokenscope_common::Counter) -> u64 {
+    let id = agent_map_id(agent_pid, "COUNTERS");
+    let key = (counter as u32).to_le_bytes().map(|b| b.to_string());
+    let found: Value = serde_json::from_str(&run_ok(
+        Command::new("bpftool")
+            .args(["map", "lookup", "id", &id.to_string(), "key"])
+            .args(&key)
+            .arg("-j"),
+    ))
+    .expect("bpftool lookup JSON");
+    // Without BTF, bpftool prints each CPU's value as hex bytes.
+    found["values"]
+        .as_array()
+        .expect("per-CPU values")
+        .iter()
+        .map(|v| match &v["value"] {
+            Value::Number(n) => n.as_u64().unwrap_or(0),
+            Value::Array(bytes) => bytes
+                .iter()
+                .rev()
+                .filter_map(|b| b.as_str())
+                .filter_map(|b| u64::from_str_radix(b.trim_start_matches("0x"), 16).ok())
+                .fold(0, |acc, b| acc << 8 | b),
+            other => panic!("counter value {other}"),
+        })
+        .sum()
 }

@@ -13,6 +13,7 @@ use std::{
 };
 
 use serde_json::Value;
+use tokenscope_common::Counter;
 use tokenscope_tests::*;
 
 /// `tests/servers/fake_llm.py`, optionally logging every connection's bytes.
@@ -669,6 +670,13 @@ fn reassembly_is_byte_exact_against_what_the_server_saw() {
             stdlib(&base, "http.client", &["dump-py-1", "dump-py-2"]),
             "dump-py-1".into(),
         ));
+        // 200 KB through a full socket: over TLS the library's write fails
+        // (want-write) and is called again; its bytes must appear once.
+        clients.push((
+            "python http.client, full socket",
+            stdlib(&base, "big", &["dump-py-full-socket"]),
+            "dump-py-full-socket".into(),
+        ));
         if tls {
             clients.push((
                 "python urllib",
@@ -686,6 +694,14 @@ fn reassembly_is_byte_exact_against_what_the_server_saw() {
             .map(|(what, cmd, marker)| (what, run_client(cmd, what), marker))
             .collect();
         std::thread::sleep(Duration::from_secs(3));
+        if tls {
+            let repeats = kernel_counter(capture.0.id(), Counter::SslWriteRepeats);
+            assert!(
+                repeats > 0,
+                "the full socket made no SSL write repeat (the case this checks did not happen)"
+            );
+            eprintln!("SSL writes repeated after a full socket, skipped: {repeats}");
+        }
         drop(capture);
         let served = server_logged(logs.path());
         for (what, pid, marker) in pids {

@@ -108,23 +108,26 @@ pub fn plan(data: &[u8], source: u8) -> Result<Plan, PlacementError> {
                 if let Some((target, emulated)) = internal_target(&file, data, plain, ex) {
                     if let Some(offset) = file_offset(&file, target) {
                         let cookie = ssl_cookie::encode(dir, 3, source);
-                        attachments.push(Attachment {
-                            offset,
-                            ret: false,
-                            cookie,
-                            emulated,
-                        });
-                        attachments.push(Attachment {
-                            offset,
-                            ret: true,
-                            cookie,
-                            emulated,
-                        });
+                        for &ret in returns(dir) {
+                            attachments.push(Attachment {
+                                offset,
+                                ret,
+                                cookie,
+                                emulated,
+                            });
+                        }
                         return Placement::Internal;
                     }
                 }
             }
         }
+        // A variant that calls the other is covered by the other's probes
+        // (a write taken at entry would otherwise be taken twice).
+        let (plain, ex) = match (plain, ex) {
+            (Some(p), Some(e)) if is_x86_64 && makes_call(&file, data, p, e.addr) => (None, ex),
+            (Some(p), Some(e)) if is_x86_64 && makes_call(&file, data, e, p.addr) => (plain, None),
+            _ => (plain, ex),
+        };
         for (func, len_arg) in [(plain, ssl_cookie::LEN_RETURNED), (ex, 3)] {
             let Some(func) = func else { continue };
             let Some(offset) = file_offset(&file, func.addr) else {
@@ -132,7 +135,7 @@ pub fn plan(data: &[u8], source: u8) -> Result<Plan, PlacementError> {
             };
             let cookie = ssl_cookie::encode(dir, len_arg, source);
             let emulated = is_x86_64 && first_is_emulated(&file, data, func.addr);
-            for ret in [false, true] {
+            for &ret in returns(dir) {
                 attachments.push(Attachment {
                     offset,
                     ret,
@@ -150,6 +153,21 @@ pub fn plan(data: &[u8], source: u8) -> Result<Plan, PlacementError> {
         write: write_placement,
         attachments,
     })
+}
+
+/// Entry and return probes for a read; the entry alone for a write, whose
+/// buffer and length are known there (see `agent-ebpf/src/tls.rs`).
+fn returns(dir: u8) -> &'static [bool] {
+    if dir == DIR_EGRESS {
+        &[false]
+    } else {
+        &[false, true]
+    }
+}
+
+/// Whether `func` calls `target` directly.
+fn makes_call(file: &object::File<'_>, data: &[u8], func: Func, target: u64) -> bool {
+    calls(file, data, func).is_some_and(|calls| calls.iter().any(|c| c.target == target))
 }
 
 /// The internal function that both `plain` and `ex` call, and whether its
@@ -309,8 +327,18 @@ mod tests {
         let plan = plan(&data, SOURCE_TLS_OPENSSL).unwrap();
         assert_eq!(plan.read, Placement::Internal, "{plan:?}");
         assert_eq!(plan.write, Placement::Internal, "{plan:?}");
-        // One entry and one return probe per direction, both on an emulated `push`.
-        assert_eq!(plan.attachments.len(), 4);
+        // A read's entry and return, a write's entry, all on an emulated `push`.
+        assert_eq!(plan.attachments.len(), 3);
+        for dir in [DIR_INGRESS, DIR_EGRESS] {
+            let probes: Vec<_> = plan
+                .attachments
+                .iter()
+                .filter(|a| ssl_cookie::decode(a.cookie).0 == dir)
+                .collect();
+            let returns = probes.iter().filter(|a| a.ret).count();
+            assert_eq!(returns, usize::from(dir == DIR_INGRESS), "{plan:?}");
+            assert_eq!(probes.len() - returns, 1, "{plan:?}");
+        }
         assert!(plan.attachments.iter().all(|a| a.emulated), "{plan:?}");
         // The internal function is not an exported symbol's entry.
         let file = object::File::parse(&*data).unwrap();
@@ -327,7 +355,8 @@ mod tests {
             assert_eq!(source, SOURCE_TLS_OPENSSL);
         }
         // The read and write functions differ.
-        assert_ne!(plan.attachments[0].offset, plan.attachments[2].offset);
+        let offsets: BTreeSet<u64> = plan.attachments.iter().map(|a| a.offset).collect();
+        assert_eq!(offsets.len(), 2, "{plan:?}");
     }
 
     #[test]
@@ -340,21 +369,28 @@ mod tests {
         let plan = plan(&data, tokenscope_common::SOURCE_TLS_OPENSSL_EMBEDDED).unwrap();
         assert_eq!(plan.read, Placement::Entry, "{plan:?}");
         assert_eq!(plan.write, Placement::Entry, "{plan:?}");
-        // Four functions, entry and return each; Node's entries are `push rbp`.
-        assert_eq!(plan.attachments.len(), 8);
+        // Four functions: the reads' entries and returns, the writes'
+        // entries. Node's entries are `push rbp`.
+        assert_eq!(plan.attachments.len(), 6);
         assert!(plan.attachments.iter().all(|a| a.emulated), "{plan:?}");
+        assert!(
+            plan.attachments
+                .iter()
+                .all(|a| !a.ret || ssl_cookie::decode(a.cookie).0 == DIR_INGRESS),
+            "{plan:?}"
+        );
         let cookies: Vec<_> = plan
             .attachments
             .iter()
             .map(|a| ssl_cookie::decode(a.cookie).1)
             .collect();
-        assert_eq!(cookies.iter().filter(|l| **l == 3).count(), 4);
+        assert_eq!(cookies.iter().filter(|l| **l == 3).count(), 3);
         assert_eq!(
             cookies
                 .iter()
                 .filter(|l| **l == ssl_cookie::LEN_RETURNED)
                 .count(),
-            4
+            3
         );
     }
 
