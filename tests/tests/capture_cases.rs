@@ -678,6 +678,13 @@ fn reassembly_is_byte_exact_against_what_the_server_saw() {
             "dump-py-full-socket".into(),
         ));
         if tls {
+            // libssl in partial-write mode: each write returns after one
+            // record and the next goes on from inside the same buffer.
+            let mut partial = Command::new(python());
+            partial
+                .arg(root().join("tests/clients/partial_write.py"))
+                .args(["127.0.0.1", &server.port.to_string(), "dump-partial-write"]);
+            clients.push(("libssl partial writes", partial, "dump-partial-write".into()));
             clients.push((
                 "python urllib",
                 stdlib(&base, "urllib", &["dump-urllib"]),
