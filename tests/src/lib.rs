@@ -46,9 +46,14 @@ pub fn ebpf_available() -> bool {
 }
 
 /// The agent binary. `cargo xtask test` builds it before the tests run
-/// (this package cannot depend on another package's binary).
+/// (this package cannot depend on another package's binary). It is looked
+/// for under `CARGO_TARGET_DIR` when that is set (two checkouts of the
+/// repository build into their own target directories), else `target/`.
 pub fn agent_binary() -> PathBuf {
-    let bin = root().join("target/debug/tokenscope");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|dir| root().join(dir))
+        .unwrap_or_else(|| root().join("target"));
+    let bin = target.join("debug/tokenscope");
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build -p tokenscope` (cargo xtask test does it)",
