@@ -156,6 +156,42 @@ fn go_crypto_tls_calls_are_captured_with_and_without_symbols() {
             tail(&log, 40)
         );
     }
+
+    // A conn over the client's own net.Conn type, a *wrappedConn embedding
+    // the net.TCPConn: the same fields lead to the descriptor. With symbols
+    // the itab is not *net.TCPConn's, so the fields are not followed and the
+    // socket programs tie the conn to its socket through the goroutine;
+    // stripped, the type is unknown and the descriptor, a TCP socket, is
+    // taken.
+    for (bin, comm, type_checked) in [
+        (&full, "gotls-full", true),
+        (&stripped, "gotls-stripped", false),
+    ] {
+        let what = format!("{comm} wrapped");
+        // Counters are published once a second: let the last link show.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let links = kernel_counter(&agent, "go_fd_links");
+        let misses = kernel_counter(&agent, "go_fd_misses");
+        let pid = run_client(bin, &base, "wrapped");
+        let r = one(&agent, &what, pid);
+        assert_eq!(r["tls"], "go", "{what}: {r:#}");
+        assert_eq!(r["output_tokens"], 7, "{what}: {r:#}");
+        let peer = r["peer"].as_str().unwrap_or_default();
+        assert!(
+            peer.ends_with(&format!(":{}", server.port)),
+            "{what}: peer {peer:?} is the server's socket: {r:#}"
+        );
+        if type_checked {
+            wait_counter(&agent, "go_fd_misses", misses + 1, &what);
+            assert_eq!(
+                kernel_counter(&agent, "go_fd_links"),
+                links,
+                "{what}: a conn that is not a *net.TCPConn was linked through a descriptor"
+            );
+        } else {
+            wait_counter(&agent, "go_fd_links", links + 1, &what);
+        }
+    }
     eprintln!(
         "go_fd_links {}, go_fd_misses {}",
         kernel_counter(&agent, "go_fd_links"),
