@@ -420,14 +420,7 @@ impl Probes {
     /// of `(*Conn).Write` and `(*Conn).Read` and every `RET` of both (see
     /// [`gosym`]; never uretprobes on Go).
     pub fn attach_go(&mut self, target: &std::path::Path) -> Result<GoAttach, ProbeError> {
-        if !self.go_loaded {
-            for name in [names::GO_TLS_WRITE, names::GO_TLS_READ, names::GO_TLS_RET] {
-                let prog: &mut UProbe = program(&mut self.ebpf, name)?;
-                prog.load()
-                    .map_err(|source| prog_err(name, "load", source))?;
-            }
-            self.go_loaded = true;
-        }
+        self.load_go()?;
         let data = std::fs::read(target).map_err(|source| ProbeError::Read {
             path: target.to_path_buf(),
             source,
@@ -485,6 +478,22 @@ impl Probes {
             tcp_itab: plan.conn.as_ref().is_ok_and(|c| c.tcp_itab.is_some()),
             conn_error: plan.conn.err(),
         })
+    }
+}
+
+impl Probes {
+    /// Loads the Go `crypto/tls` programs (the verifier checks them here);
+    /// [`Probes::attach_go`] does it on first use.
+    pub fn load_go(&mut self) -> Result<(), ProbeError> {
+        if !self.go_loaded {
+            for name in [names::GO_TLS_WRITE, names::GO_TLS_READ, names::GO_TLS_RET] {
+                let prog: &mut UProbe = program(&mut self.ebpf, name)?;
+                prog.load()
+                    .map_err(|source| prog_err(name, "load", source))?;
+            }
+            self.go_loaded = true;
+        }
+        Ok(())
     }
 }
 
