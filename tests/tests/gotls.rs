@@ -13,13 +13,10 @@ use tokenscope_tests::*;
 
 /// Builds the test client; `None` (a skip) when `go` is missing, except
 /// under CI, where a missing toolchain fails the test.
-fn build_client(dir: &TempDir, name: &str, stripped: bool) -> Option<PathBuf> {
+fn build_client(dir: &TempDir, name: &str, flags: &[&str]) -> Option<PathBuf> {
     let out = dir.path().join(name);
     let mut cmd = Command::new("go");
-    cmd.arg("build").arg("-o").arg(&out);
-    if stripped {
-        cmd.arg("-ldflags=-s -w");
-    }
+    cmd.arg("build").arg("-o").arg(&out).args(flags);
     cmd.arg("main.go")
         .current_dir(root().join("tests/go/tlsclient"))
         // Offline: the client uses the standard library only.
@@ -101,10 +98,13 @@ fn go_crypto_tls_calls_are_captured_with_and_without_symbols() {
         return;
     }
     let dir = TempDir::new("gotls");
-    let Some(full) = build_client(&dir, "gotls-full", false) else {
+    let Some(full) = build_client(&dir, "gotls-full", &[]) else {
         return;
     };
-    let stripped = build_client(&dir, "gotls-stripped", true).expect("go is present");
+    let stripped =
+        build_client(&dir, "gotls-stripped", &["-ldflags=-s -w"]).expect("go is present");
+    // Position-independent: the itab is found from the probed address, whatever the load bias.
+    let pie = build_client(&dir, "gotls-pie", &["-buildmode=pie"]).expect("go is present");
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let server = LlmServer::start(true);
     let agent = Agent::start(&[]);
@@ -116,6 +116,7 @@ fn go_crypto_tls_calls_are_captured_with_and_without_symbols() {
     for (bin, comm, lookup, layout) in [
         (&full, "gotls-full", "symtab", "dwarf"),
         (&stripped, "gotls-stripped", "gopclntab", "version_table"),
+        (&pie, "gotls-pie", "symtab", "dwarf"),
     ] {
         for mode in ["plain", "stream"] {
             let pid = run_client(bin, &base, mode);
