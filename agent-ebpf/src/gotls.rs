@@ -12,10 +12,12 @@
 //! what was read. Never a uretprobe: it rewrites the return address on the
 //! goroutine stack, which Go copies elsewhere when it grows.
 //!
-//! Both entries also put the call in `SSL_ACTIVE` under the thread, with the
-//! goroutine, so the socket programs link the conn to its socket and mute
-//! the ciphertext (they check the goroutine: a blocked Read parks, and the
-//! thread runs other goroutines meanwhile). The `RET` probes take it out.
+//! Both entries link the conn to its socket through the conn's fields when
+//! the executable's layout is known (`gofd.rs`). They also put the call in
+//! `SSL_ACTIVE` under the thread, with the goroutine, so the socket programs
+//! mute the ciphertext and link the conn when the fields could not (they
+//! check the goroutine: a blocked Read parks, and the thread runs other
+//! goroutines meanwhile). The `RET` probes take it out.
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::uprobe, programs::ProbeContext};
 use tokenscope_common::{
@@ -25,6 +27,7 @@ use tokenscope_common::{
 use crate::{
     emit::{admit, begin, direct, lost_from, opens_request},
     filter::process_allowed,
+    gofd::link_by_fd,
     maps::{agent_tgid, count, filters, CONN_STATE, GO_CALLS, SSL_ACTIVE},
 };
 
@@ -80,6 +83,7 @@ fn enter(ctx: &ProbeContext, dir: u8) {
         return;
     }
     let args = go_args(ctx);
+    link_by_fd(ctx, args.conn);
     let active = SslCall {
         ssl: args.conn,
         buf: args.buf,

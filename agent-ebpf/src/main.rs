@@ -9,6 +9,8 @@ mod emit;
 #[cfg(target_arch = "bpf")]
 mod filter;
 #[cfg(target_arch = "bpf")]
+mod gofd;
+#[cfg(target_arch = "bpf")]
 mod gotls;
 #[cfg(target_arch = "bpf")]
 mod maps;

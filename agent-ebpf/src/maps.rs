@@ -75,6 +75,15 @@ static OFFSETS: Offsets = Offsets {
     task_real_parent: 0,
     task_tgid: 0,
     sk_state: 0,
+    task_files: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_inode: 0,
+    inode_mode: 0,
+    file_private_data: 0,
+    socket_file: 0,
+    socket_sk: 0,
     _pad: 0,
 };
 

@@ -440,3 +440,19 @@ fn link_tls(ssl: u64, sk: u64) {
         count(Counter::RingbufFull, 1);
     }
 }
+
+/// Links a Go conn to the sock its file descriptor led to (see `gofd.rs`),
+/// if that is an open TCP socket; whether it was.
+#[inline(always)]
+pub(crate) fn link_go_socket(conn: u64, sk: u64) -> bool {
+    let off = offsets();
+    let family: u16 = read_kernel(sk + off.sk_family as u64).unwrap_or(0);
+    if family != AF_INET && family != AF_INET6 {
+        return false;
+    }
+    if read_kernel::<u16>(sk + off.sk_type as u64).unwrap_or(0) != SOCK_STREAM || closed(sk) {
+        return false;
+    }
+    link_tls(conn, sk);
+    true
+}

@@ -619,6 +619,9 @@ pub(crate) fn tls_attacher(
                     lookup = a.lookup,
                     probes = a.attached,
                     planned = a.planned,
+                    conn_layout = a.conn_layout.unwrap_or("none"),
+                    tcp_itab = a.tcp_itab,
+                    conn_layout_error = a.conn_error.as_ref().map(tracing::field::display),
                 ),
                 // Go binaries without crypto/tls are common: not a warning.
                 Err(error) => {

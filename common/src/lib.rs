@@ -97,6 +97,58 @@ pub mod ssl_cookie {
     }
 }
 
+/// The attach cookie of the Go `(*Conn).Write` and `(*Conn).Read` entry
+/// probes: where the conn's file descriptor lies in this executable's types,
+/// so the entry links the conn to its socket itself.
+///
+/// `tls.Conn.conn` is a `net.Conn` interface (itab pointer, then data
+/// pointer); for a `*net.TCPConn` the data points to `net.conn`, whose `fd`
+/// field is the `*netFD`; `netFD.pfd` is a `poll.FD`, whose `Sysfd` is the
+/// descriptor. Bits: 0-31 the `*net.TCPConn,net.Conn` itab's address minus
+/// the probed function's (0: unknown, the type is not checked); 32-39 the
+/// interface's offset in `tls.Conn`; 40-47 `fd`'s offset in `net.TCPConn`;
+/// 48-55 `Sysfd`'s offset in `netFD`; 56-63 [`go_conn::FD_PATH`] when the
+/// layout is known.
+pub mod go_conn {
+    /// The layout is known: follow the fields.
+    pub const FD_PATH: u8 = 1;
+
+    /// Field offsets of one Go executable (see the module docs).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Layout {
+        /// `tls.Conn.conn` (the interface's itab word; its data word follows).
+        pub iface: u8,
+        /// `net.TCPConn` → `net.conn.fd` (the `*netFD`).
+        pub fd: u8,
+        /// `netFD` → `pfd.Sysfd`.
+        pub sysfd: u8,
+    }
+
+    pub const fn encode(layout: Layout, itab_delta: i32) -> u64 {
+        itab_delta as u32 as u64
+            | (layout.iface as u64) << 32
+            | (layout.fd as u64) << 40
+            | (layout.sysfd as u64) << 48
+            | (FD_PATH as u64) << 56
+    }
+
+    /// The layout and the itab delta, or `None` when the probe carries no
+    /// layout (the fd path is off for this executable).
+    pub const fn decode(cookie: u64) -> Option<(Layout, i32)> {
+        if (cookie >> 56) as u8 & FD_PATH == 0 {
+            return None;
+        }
+        Some((
+            Layout {
+                iface: (cookie >> 32) as u8,
+                fd: (cookie >> 40) as u8,
+                sysfd: (cookie >> 48) as u8,
+            },
+            cookie as u32 as i32,
+        ))
+    }
+}
+
 /// Largest payload carried by one data event; bigger calls are split.
 pub const CHUNK: usize = 16 * 1024;
 /// Most chunks emitted for one plain-buffer call (so at most `CHUNK * MAX_CHUNKS` bytes).
@@ -351,9 +403,23 @@ pub struct Offsets {
     pub task_tgid: u32,
     /// `sock.__sk_common.skc_state` (a u8).
     pub sk_state: u32,
+    /// The path from the current task to the `struct sock` behind a file
+    /// descriptor (Go's conn → fd link, see [`go_conn`]): `task_struct.files`,
+    /// `files_struct.fdt`, `fdtable.max_fds` (a u32), `fdtable.fd`,
+    /// `file.f_inode`, `inode.i_mode` (a u16), `file.private_data`,
+    /// `socket.file`, `socket.sk`.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_inode: u32,
+    pub inode_mode: u32,
+    pub file_private_data: u32,
+    pub socket_file: u32,
+    pub socket_sk: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Offsets>() == 48);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 84);
 
 /// Drop and truncation counters, one slot each in [`COUNTERS_MAP`].
 #[repr(u32)]
@@ -382,9 +448,15 @@ pub enum Counter {
     /// SSL writes whose plaintext was taken already: a retry after the
     /// socket was full, or the rest of a partial write.
     SslWriteRepeats = 10,
+    /// Go conns linked to their socket through their file descriptor.
+    GoFdLinks = 11,
+    /// Go calls whose conn did not lead to a TCP socket (another concrete
+    /// type, an unreadable field, a descriptor that is not one); the thread
+    /// link is left to the socket programs.
+    GoFdMisses = 12,
 }
 
-pub const COUNTER_COUNT: u32 = 11;
+pub const COUNTER_COUNT: u32 = 13;
 pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "ringbuf_full",
     "truncated",
@@ -397,6 +469,8 @@ pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "ssl_calls",
     "filtered",
     "ssl_write_repeats",
+    "go_fd_links",
+    "go_fd_misses",
 ];
 
 #[cfg(feature = "user")]

@@ -46,9 +46,14 @@ pub fn ebpf_available() -> bool {
 }
 
 /// The agent binary. `cargo xtask test` builds it before the tests run
-/// (this package cannot depend on another package's binary).
+/// (this package cannot depend on another package's binary). It is looked
+/// for under `CARGO_TARGET_DIR` when that is set (two checkouts of the
+/// repository build into their own target directories), else `target/`.
 pub fn agent_binary() -> PathBuf {
-    let bin = root().join("target/debug/tokenscope");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|dir| root().join(dir))
+        .unwrap_or_else(|| root().join("target"));
+    let bin = target.join("debug/tokenscope");
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build -p tokenscope` (cargo xtask test does it)",
@@ -389,7 +394,7 @@ fn agent_map_id(agent_pid: u32, name: &str) -> u64 {
 
 /// A kernel-side counter of the agent process (`tokenscope_common::Counter`),
 /// summed over CPUs, read from its counters map.
-pub fn kernel_counter(agent_pid: u32, counter: tokenscope_common::Counter) -> u64 {
+pub fn counter_in_map(agent_pid: u32, counter: tokenscope_common::Counter) -> u64 {
     let id = agent_map_id(agent_pid, "COUNTERS");
     let key = (counter as u32).to_le_bytes().map(|b| b.to_string());
     let found: Value = serde_json::from_str(&run_ok(

@@ -702,7 +702,7 @@ fn reassembly_is_byte_exact_against_what_the_server_saw() {
             .collect();
         std::thread::sleep(Duration::from_secs(3));
         if tls {
-            let repeats = kernel_counter(capture.0.id(), Counter::SslWriteRepeats);
+            let repeats = counter_in_map(capture.0.id(), Counter::SslWriteRepeats);
             assert!(
                 repeats > 0,
                 "the full socket made no SSL write repeat (the case this checks did not happen)"

@@ -2,7 +2,9 @@
 //! symbols, and stripped so the probes are placed through `.gopclntab`)
 //! calls the local fake LLM server over TLS, plain and streamed, and the
 //! agent's records must carry the Go process, `tls: "go"`, the exact token
-//! counts, the model and the status. Needs root (loads eBPF).
+//! counts, the model and the status, and the peer address: the probes tie
+//! each conn to its socket through the conn's file descriptor (offsets from
+//! DWARF, or from the Go release when stripped). Needs root (loads eBPF).
 
 use std::{path::PathBuf, process::Command};
 
@@ -11,13 +13,10 @@ use tokenscope_tests::*;
 
 /// Builds the test client; `None` (a skip) when `go` is missing, except
 /// under CI, where a missing toolchain fails the test.
-fn build_client(dir: &TempDir, name: &str, stripped: bool) -> Option<PathBuf> {
+fn build_client(dir: &TempDir, name: &str, flags: &[&str]) -> Option<PathBuf> {
     let out = dir.path().join(name);
     let mut cmd = Command::new("go");
-    cmd.arg("build").arg("-o").arg(&out);
-    if stripped {
-        cmd.arg("-ldflags=-s -w");
-    }
+    cmd.arg("build").arg("-o").arg(&out).args(flags);
     cmd.arg("main.go")
         .current_dir(root().join("tests/go/tlsclient"))
         // Offline: the client uses the standard library only.
@@ -66,24 +65,58 @@ fn one(agent: &Agent, what: &str, pid: u32) -> Value {
     mine[0].clone()
 }
 
+fn kernel_counter(agent: &Agent, name: &str) -> u64 {
+    let metrics = agent.get("/metrics");
+    let prefix = format!("tokenscope_capture_kernel_total{{counter=\"{name}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} counter in /metrics"))
+}
+
+/// Waits for a kernel counter (published once a second) to reach `at_least`.
+fn wait_counter(agent: &Agent, name: &str, at_least: u64, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let value = kernel_counter(agent, name);
+        if value >= at_least {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {name} is {value}, expected at least {at_least}; log:\n{}",
+            tail(&agent.log_text(), 20)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn go_crypto_tls_calls_are_captured_with_and_without_symbols() {
     if !ebpf_available() {
         return;
     }
     let dir = TempDir::new("gotls");
-    let Some(full) = build_client(&dir, "gotls-full", false) else {
+    let Some(full) = build_client(&dir, "gotls-full", &[]) else {
         return;
     };
-    let stripped = build_client(&dir, "gotls-stripped", true).expect("go is present");
+    let stripped =
+        build_client(&dir, "gotls-stripped", &["-ldflags=-s -w"]).expect("go is present");
+    // Position-independent: the itab is found from the probed address, whatever the load bias.
+    let pie = build_client(&dir, "gotls-pie", &["-buildmode=pie"]).expect("go is present");
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let server = LlmServer::start(true);
     let agent = Agent::start(&[]);
     let base = server.base();
 
-    for (bin, comm, lookup) in [
-        (&full, "gotls-full", "symtab"),
-        (&stripped, "gotls-stripped", "gopclntab"),
+    // The full binary's conn offsets come from its DWARF, the stripped
+    // one's (no DWARF) from the table of Go releases.
+    let mut runs = 0;
+    for (bin, comm, lookup, layout) in [
+        (&full, "gotls-full", "symtab", "dwarf"),
+        (&stripped, "gotls-stripped", "gopclntab", "version_table"),
+        (&pie, "gotls-pie", "symtab", "dwarf"),
     ] {
         for mode in ["plain", "stream"] {
             let pid = run_client(bin, &base, mode);
@@ -102,28 +135,69 @@ fn go_crypto_tls_calls_are_captured_with_and_without_symbols() {
             assert_eq!(r["http_status"], 200, "{what}: {r:#}");
             assert_eq!(r["stream"], mode == "stream", "{what}: {r:#}");
             assert_eq!(r["response_id"], "chatcmpl-1", "{what}: {r:#}");
-            // The conn was tied to its socket: the record has the peer. The
-            // link of a streamed call is not reliable yet (a goroutine that
-            // resumes its Read on another thread can miss it: see the issue
-            // notes), so only the plain call is held to it.
+            // The conn was tied to its socket: the record has the peer,
+            // streamed or not.
             let peer = r["peer"].as_str().unwrap_or_default();
-            if mode == "plain" {
-                assert!(
-                    peer.ends_with(&format!(":{}", server.port)),
-                    "{what}: peer {peer:?} is the server's socket: {r:#}"
-                );
-            } else if peer.is_empty() {
-                eprintln!("{what}: no socket link for the streamed call");
-            }
+            assert!(
+                peer.ends_with(&format!(":{}", server.port)),
+                "{what}: peer {peer:?} is the server's socket: {r:#}"
+            );
+            // And it was tied at call entry, through the conn's descriptor
+            // (one link per client: each makes one connection).
+            runs += 1;
+            wait_counter(&agent, "go_fd_links", runs, &what);
         }
         let log = agent.log_text();
         assert!(
-            log.lines()
-                .any(|l| l.contains("tls_attached") && l.contains(comm) && l.contains(lookup)),
-            "{comm}: attached through {lookup}; log:\n{}",
+            log.lines().any(|l| l.contains("tls_attached")
+                && l.contains(comm)
+                && l.contains(lookup)
+                && l.contains(&format!("\"conn_layout\":\"{layout}\""))),
+            "{comm}: attached through {lookup}, conn layout from {layout}; log:\n{}",
             tail(&log, 40)
         );
     }
+
+    // A conn over the client's own net.Conn type, a *wrappedConn embedding
+    // the net.TCPConn: the same fields lead to the descriptor. With symbols
+    // the itab is not *net.TCPConn's, so the fields are not followed and the
+    // socket programs tie the conn to its socket through the goroutine;
+    // stripped, the type is unknown and the descriptor, a TCP socket, is
+    // taken.
+    for (bin, comm, type_checked) in [
+        (&full, "gotls-full", true),
+        (&stripped, "gotls-stripped", false),
+    ] {
+        let what = format!("{comm} wrapped");
+        // Counters are published once a second: let the last link show.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let links = kernel_counter(&agent, "go_fd_links");
+        let misses = kernel_counter(&agent, "go_fd_misses");
+        let pid = run_client(bin, &base, "wrapped");
+        let r = one(&agent, &what, pid);
+        assert_eq!(r["tls"], "go", "{what}: {r:#}");
+        assert_eq!(r["output_tokens"], 7, "{what}: {r:#}");
+        let peer = r["peer"].as_str().unwrap_or_default();
+        assert!(
+            peer.ends_with(&format!(":{}", server.port)),
+            "{what}: peer {peer:?} is the server's socket: {r:#}"
+        );
+        if type_checked {
+            wait_counter(&agent, "go_fd_misses", misses + 1, &what);
+            assert_eq!(
+                kernel_counter(&agent, "go_fd_links"),
+                links,
+                "{what}: a conn that is not a *net.TCPConn was linked through a descriptor"
+            );
+        } else {
+            wait_counter(&agent, "go_fd_links", links + 1, &what);
+        }
+    }
+    eprintln!(
+        "go_fd_links {}, go_fd_misses {}",
+        kernel_counter(&agent, "go_fd_links"),
+        kernel_counter(&agent, "go_fd_misses")
+    );
     let events = std::fs::read_to_string(&agent.events).expect("events");
     assert!(!events.contains("SECRET"), "an API key leaked");
 

@@ -24,7 +24,8 @@ const RING_BUFFER_WAIT: Duration = Duration::from_secs(2);
 
 /// Loads and attaches the probes as the agent does, reads an event back, runs
 /// the socket programs, attaches uprobes, then drops (detaches) everything.
-/// Returns the `probes`, `ring_buffer`, `socket_programs` and `uprobes` checks.
+/// Returns the `probes`, `ring_buffer`, `socket_programs`, `uprobes` and
+/// `go_uprobes` checks.
 pub fn capture(host_targets: &[PathBuf]) -> Vec<Check> {
     let defaults = CaptureConfig::default();
     let settings = LoadSettings {
@@ -44,6 +45,7 @@ pub fn capture(host_targets: &[PathBuf]) -> Vec<Check> {
                 Check::fail("ring_buffer", skipped),
                 Check::fail("socket_programs", skipped),
                 Check::fail("uprobes", skipped),
+                Check::fail("go_uprobes", skipped),
             ];
         }
     };
@@ -59,6 +61,7 @@ pub fn capture(host_targets: &[PathBuf]) -> Vec<Check> {
     };
     let socket_programs = socket_programs(&probes);
     let uprobes = uprobes(&mut probes, host_targets);
+    let go_uprobes = go_uprobes(&mut probes);
     let held = kernel_object_fds();
     drop(probes);
     drop(ring);
@@ -92,7 +95,61 @@ pub fn capture(host_targets: &[PathBuf]) -> Vec<Check> {
             ),
         ),
     };
-    vec![probes, ring_buffer, socket_programs, uprobes]
+    vec![probes, ring_buffer, socket_programs, uprobes, go_uprobes]
+}
+
+/// Go executables that link `crypto/tls` and are found on most build hosts.
+const GO_TARGETS: [&str; 2] = ["/usr/lib/go/bin/go", "/usr/local/go/bin/go"];
+
+/// Loads the Go `crypto/tls` programs (the verifier's check) and attaches
+/// them to the Go toolchain when the host has one.
+fn go_uprobes(probes: &mut Probes) -> Check {
+    const NAME: &str = "go_uprobes";
+    if let Err(e) = probes.load_go() {
+        return Check::fail(NAME, error_chain(&e));
+    }
+    let Some(target) = GO_TARGETS
+        .iter()
+        .find_map(|p| std::fs::canonicalize(p).ok())
+    else {
+        return Check::ok(
+            NAME,
+            "Go TLS programs verified; no Go toolchain here to attach them to \
+             (Go executables are probed when a process runs them)",
+        );
+    };
+    match probes.attach_go(&target) {
+        Ok(a) if a.attached == 0 => Check::fail(
+            NAME,
+            format!(
+                "none of the {} Go TLS uprobes attached to {}",
+                a.planned,
+                target.display()
+            ),
+        ),
+        Ok(a) => {
+            let link = match (a.conn_layout, a.tcp_itab) {
+                (Some(from), true) => format!("through the descriptor, offsets from {from}"),
+                (Some(from), false) => format!(
+                    "through the descriptor, offsets from {from}, conn type unchecked (no symbols)"
+                ),
+                (None, _) => "by the socket programs only: conn offsets unknown".to_string(),
+            };
+            Check::ok(
+                NAME,
+                format!(
+                    "{} of {} Go TLS uprobes attached to {} ({}, found through {}); \
+                     conns tied to sockets {link}",
+                    a.attached,
+                    a.planned,
+                    target.display(),
+                    a.version.as_deref().unwrap_or("unknown Go"),
+                    a.lookup,
+                ),
+            )
+        }
+        Err(e) => Check::fail(NAME, format!("{}: {}", target.display(), error_chain(&e))),
+    }
 }
 
 /// This process's descriptors that hold kernel BPF objects or perf events,

@@ -28,6 +28,8 @@ pub fn kernel_offsets() -> Result<Offsets, BtfError> {
     })?;
     let sock = |field: &str| offset_of(&btf, "sock", field);
     let task = |field: &str| offset_of(&btf, "task_struct", field);
+    let file = |field: &str| offset_of(&btf, "file", field);
+    let socket = |field: &str| offset_of(&btf, "socket", field);
     Ok(Offsets {
         sk_family: sock("skc_family")?,
         sk_dport: sock("skc_dport")?,
@@ -40,6 +42,15 @@ pub fn kernel_offsets() -> Result<Offsets, BtfError> {
         task_real_parent: task("real_parent")?,
         task_tgid: task("tgid")?,
         sk_state: sock("skc_state")?,
+        task_files: task("files")?,
+        files_fdt: offset_of(&btf, "files_struct", "fdt")?,
+        fdt_max_fds: offset_of(&btf, "fdtable", "max_fds")?,
+        fdt_fd: offset_of(&btf, "fdtable", "fd")?,
+        file_inode: file("f_inode")?,
+        inode_mode: offset_of(&btf, "inode", "i_mode")?,
+        file_private_data: file("private_data")?,
+        socket_file: socket("file")?,
+        socket_sk: socket("sk")?,
         _pad: 0,
     })
 }
@@ -132,5 +143,13 @@ mod tests {
         assert_eq!(off.sk_family, 16);
         assert!(off.sk_type > 16 && off.sk_v6_daddr > 16);
         assert!(off.task_real_parent > 0 && off.task_tgid > 0);
+        // struct fdtable { unsigned int max_fds; struct file __rcu **fd; ... }
+        assert_eq!(off.fdt_max_fds, 0);
+        assert_eq!(off.fdt_fd, 8);
+        // struct inode starts with umode_t i_mode.
+        assert_eq!(off.inode_mode, 0);
+        assert!(off.task_files > 0 && off.file_private_data > 0 && off.file_inode > 0);
+        // struct socket: state, type, flags, then file before sk.
+        assert!(off.socket_sk > off.socket_file && off.socket_file > 0);
     }
 }

@@ -14,7 +14,10 @@
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use object::{Object, ObjectSection, ObjectSymbol};
 
-use super::placement::file_offset;
+use super::{
+    goconn::{conn_plan, ConnPlan, GoConnError},
+    placement::file_offset,
+};
 
 pub const WRITE: &str = "crypto/tls.(*Conn).Write";
 pub const READ: &str = "crypto/tls.(*Conn).Read";
@@ -70,6 +73,21 @@ pub struct GoTlsPlan {
     pub write_rets: Vec<u64>,
     pub read_entry: u64,
     pub read_rets: Vec<u64>,
+    /// Virtual addresses of the two entries (the cookies' itab deltas are
+    /// taken from them).
+    pub write_addr: u64,
+    pub read_addr: u64,
+    /// Where the conn's file descriptor lies; without it the conns are tied
+    /// to their sockets by the socket programs alone.
+    pub conn: Result<ConnPlan, GoConnError>,
+}
+
+impl GoTlsPlan {
+    /// The attach cookie of the entry probe at `func_addr`: 0 (no fd path)
+    /// when the layout is unknown.
+    pub fn entry_cookie(&self, func_addr: u64) -> u64 {
+        self.conn.as_ref().map_or(0, |c| c.cookie(func_addr))
+    }
 }
 
 /// A function's address range.
@@ -112,6 +130,7 @@ pub fn plan(data: &[u8]) -> Result<GoTlsPlan, GoSymError> {
         let rets = ret_addresses(&file, func).ok_or(GoSymError::NoRet(what))?;
         rets.into_iter().map(|a| offset(a, what)).collect()
     };
+    let conn = conn_plan(&file, version.as_deref());
     Ok(GoTlsPlan {
         version,
         lookup,
@@ -119,6 +138,9 @@ pub fn plan(data: &[u8]) -> Result<GoTlsPlan, GoSymError> {
         write_rets: rets(write, WRITE)?,
         read_entry: offset(read.addr, READ)?,
         read_rets: rets(read, READ)?,
+        write_addr: write.addr,
+        read_addr: read.addr,
+        conn,
     })
 }
 
@@ -412,6 +434,73 @@ mod tests {
         let file = object::File::parse(&*full).unwrap();
         let read = symtab_func(&file, READ).unwrap();
         assert_eq!(file_offset(&file, read.addr), Some(from_symtab.read_entry));
+    }
+
+    /// The `*net.TCPConn,net.Conn` itab's address as `go tool nm` lists it.
+    fn nm_tcp_itab(binary: &Path) -> u64 {
+        let out = Command::new("go")
+            .args(["tool", "nm"])
+            .arg(binary)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = listing
+            .lines()
+            .find(|l| l.ends_with("itab.*net.TCPConn,net.Conn"))
+            .expect("go tool nm lists the TCPConn itab");
+        u64::from_str_radix(line.split_whitespace().next().unwrap(), 16).unwrap()
+    }
+
+    #[test]
+    fn conn_layout_from_dwarf_and_from_the_version_table_agree() {
+        use super::super::goconn::LayoutSource;
+        use tokenscope_common::go_conn;
+
+        let dir = std::env::temp_dir().join(format!("tokenscope-goconn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _cleanup = RemoveOnDrop(dir.clone());
+        let Some(full) = build(&dir, false) else {
+            return;
+        };
+        let Some(stripped) = build(&dir, true) else {
+            return;
+        };
+        let full = plan(&full).unwrap();
+        let stripped = plan(&stripped).unwrap();
+        let from_dwarf = full.conn.clone().expect("layout of the full binary");
+        let from_table = stripped
+            .conn
+            .clone()
+            .expect("layout of the stripped binary");
+        assert_eq!(from_dwarf.source, LayoutSource::Dwarf);
+        assert_eq!(from_table.source, LayoutSource::VersionTable);
+        // The table holds what this release's DWARF says.
+        assert_eq!(from_dwarf.layout, from_table.layout);
+        assert_eq!(
+            from_dwarf.layout,
+            go_conn::Layout {
+                iface: 0,
+                fd: 0,
+                sysfd: 16
+            }
+        );
+        // The itab comes from the symbol table: gone when stripped.
+        assert_eq!(from_dwarf.tcp_itab, Some(nm_tcp_itab(&dir.join("full"))));
+        assert_eq!(from_table.tcp_itab, None);
+        // Each entry's cookie points the kernel at the itab from its own address.
+        for addr in [full.write_addr, full.read_addr] {
+            let (layout, delta) = go_conn::decode(full.entry_cookie(addr)).unwrap();
+            assert_eq!(layout, from_dwarf.layout);
+            assert_eq!(
+                addr.wrapping_add(i64::from(delta) as u64),
+                from_dwarf.tcp_itab.unwrap()
+            );
+        }
+        assert_eq!(
+            go_conn::decode(stripped.entry_cookie(stripped.write_addr)),
+            Some((from_table.layout, 0))
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Loading and attaching the eBPF programs. The only module that touches aya.
 
 mod btf;
+pub mod goconn;
 pub mod gosym;
 pub mod placement;
 pub mod tls;
@@ -419,14 +420,7 @@ impl Probes {
     /// of `(*Conn).Write` and `(*Conn).Read` and every `RET` of both (see
     /// [`gosym`]; never uretprobes on Go).
     pub fn attach_go(&mut self, target: &std::path::Path) -> Result<GoAttach, ProbeError> {
-        if !self.go_loaded {
-            for name in [names::GO_TLS_WRITE, names::GO_TLS_READ, names::GO_TLS_RET] {
-                let prog: &mut UProbe = program(&mut self.ebpf, name)?;
-                prog.load()
-                    .map_err(|source| prog_err(name, "load", source))?;
-            }
-            self.go_loaded = true;
-        }
+        self.load_go()?;
         let data = std::fs::read(target).map_err(|source| ProbeError::Read {
             path: target.to_path_buf(),
             source,
@@ -436,21 +430,32 @@ impl Probes {
             source,
         })?;
         drop(data);
+        // The entries' cookies tell them where the conn's descriptor lies.
+        let write_cookie = plan.entry_cookie(plan.write_addr);
+        let read_cookie = plan.entry_cookie(plan.read_addr);
         let points = [
-            (names::GO_TLS_WRITE, std::slice::from_ref(&plan.write_entry)),
-            (names::GO_TLS_READ, std::slice::from_ref(&plan.read_entry)),
-            (names::GO_TLS_RET, plan.write_rets.as_slice()),
-            (names::GO_TLS_RET, plan.read_rets.as_slice()),
+            (
+                names::GO_TLS_WRITE,
+                std::slice::from_ref(&plan.write_entry),
+                write_cookie,
+            ),
+            (
+                names::GO_TLS_READ,
+                std::slice::from_ref(&plan.read_entry),
+                read_cookie,
+            ),
+            (names::GO_TLS_RET, plan.write_rets.as_slice(), 0),
+            (names::GO_TLS_RET, plan.read_rets.as_slice(), 0),
         ];
         let mut attached = 0;
         let mut planned = 0;
-        for (name, offsets) in points {
+        for (name, offsets, cookie) in points {
             let prog: &mut UProbe = program(&mut self.ebpf, name)?;
             for &offset in offsets {
                 planned += 1;
                 let point = UProbeAttachPoint {
                     location: UProbeAttachLocation::AbsoluteOffset(offset),
-                    cookie: None,
+                    cookie: (cookie != 0).then_some(cookie),
                 };
                 match prog.attach(point, target, UProbeScope::AllProcesses) {
                     Ok(_) => attached += 1,
@@ -469,7 +474,26 @@ impl Probes {
             planned,
             version: plan.version,
             lookup: plan.lookup.as_str(),
+            conn_layout: plan.conn.as_ref().map(|c| c.source.as_str()).ok(),
+            tcp_itab: plan.conn.as_ref().is_ok_and(|c| c.tcp_itab.is_some()),
+            conn_error: plan.conn.err(),
         })
+    }
+}
+
+impl Probes {
+    /// Loads the Go `crypto/tls` programs (the verifier checks them here);
+    /// [`Probes::attach_go`] does it on first use.
+    pub fn load_go(&mut self) -> Result<(), ProbeError> {
+        if !self.go_loaded {
+            for name in [names::GO_TLS_WRITE, names::GO_TLS_READ, names::GO_TLS_RET] {
+                let prog: &mut UProbe = program(&mut self.ebpf, name)?;
+                prog.load()
+                    .map_err(|source| prog_err(name, "load", source))?;
+            }
+            self.go_loaded = true;
+        }
+        Ok(())
     }
 }
 
@@ -482,6 +506,15 @@ pub struct GoAttach {
     pub version: Option<String>,
     /// `symtab`, or `gopclntab` for a stripped binary.
     pub lookup: &'static str,
+    /// Where the conn → descriptor offsets came from (`dwarf`,
+    /// `version_table`); `None` when unknown, and the conns are tied to
+    /// their sockets by the socket programs alone.
+    pub conn_layout: Option<&'static str>,
+    /// Whether the entries check the conn is a `*net.TCPConn` (the itab is
+    /// known from the symbol table).
+    pub tcp_itab: bool,
+    /// Why the offsets are unknown.
+    pub conn_error: Option<goconn::GoConnError>,
 }
 
 /// How often each library function (read or write) was probed on the
