@@ -84,6 +84,9 @@ static OFFSETS: Offsets = Offsets {
     file_private_data: 0,
     socket_file: 0,
     socket_sk: 0,
+    task_mm: 0,
+    mm_xol_area: 0,
+    xol_vaddr: 0,
     _pad: 0,
 };
 

@@ -293,6 +293,26 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
     }
 }
 
+/// The address of the task's uretprobe trampoline (its `[uprobes]` page),
+/// or 1 (never a return address) if unknown.
+#[inline(always)]
+fn uretprobe_trampoline(task: u64) -> u64 {
+    let off = offsets();
+    if off.task_mm == 0 || off.mm_xol_area == 0 || off.xol_vaddr == 0 {
+        return 1;
+    }
+    let Some(mm) = read_kernel::<u64>(task + off.task_mm as u64) else {
+        return 1;
+    };
+    let Some(area) = read_kernel::<u64>(mm + off.mm_xol_area as u64) else {
+        return 1;
+    };
+    if area == 0 {
+        return 1;
+    }
+    read_kernel::<u64>(area + off.xol_vaddr as u64).unwrap_or(1)
+}
+
 /// Whether the socket's TCP state is CLOSE (its close has been seen already).
 #[inline(always)]
 fn closed(sk: u64) -> bool {
@@ -356,11 +376,18 @@ fn write_blocked(pid_tgid: u64) {
     let Some(pending) = (unsafe { PENDING_WRITE.get(&pid_tgid) }).copied() else {
         return;
     };
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    let regs = unsafe { bpf_task_pt_regs(task as *mut _) } as u64;
     let sp: u64 = read_kernel(regs + REG_SP as u64).unwrap_or(u64::MAX);
-    if sp >= pending.sp
-        || unsafe { bpf_probe_read_user(pending.sp as *const u64) } != Ok(pending.ret_addr)
-    {
+    if sp >= pending.sp {
+        return;
+    }
+    let Ok(slot) = (unsafe { bpf_probe_read_user(pending.sp as *const u64) }) else {
+        return;
+    };
+    // Another tool's return probe on the same function swaps the return
+    // address for its trampoline once the entry handlers have run.
+    if slot != pending.ret_addr && slot != uretprobe_trampoline(task) {
         return;
     }
     match WRITE_GUARD.get_ptr_mut(&pending.ssl) {

@@ -598,6 +598,12 @@ pub(crate) fn tls_attacher(
                         emulated = a.emulated,
                         read = a.read.as_str(),
                         write = a.write.as_str(),
+                        write_offsets = %a
+                            .write_offsets
+                            .iter()
+                            .map(|o| format!("{o:#x}"))
+                            .collect::<Vec<_>>()
+                            .join(","),
                     );
                 }
                 Err(error) => {

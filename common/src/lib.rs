@@ -417,9 +417,16 @@ pub struct Offsets {
     pub file_private_data: u32,
     pub socket_file: u32,
     pub socket_sk: u32,
+    /// The path from the current task to the address of its uretprobe
+    /// trampoline: `task_struct.mm`, `mm_struct.uprobes_state.xol_area`,
+    /// `xol_area.vaddr`; 0 where the kernel has none of them. A return probe
+    /// (another tool's) puts that address in place of the return address.
+    pub task_mm: u32,
+    pub mm_xol_area: u32,
+    pub xol_vaddr: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Offsets>() == 84);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 96);
 
 /// Drop and truncation counters, one slot each in [`COUNTERS_MAP`].
 #[repr(u32)]

@@ -684,7 +684,11 @@ fn reassembly_is_byte_exact_against_what_the_server_saw() {
             partial
                 .arg(root().join("tests/clients/partial_write.py"))
                 .args(["127.0.0.1", &server.port.to_string(), "dump-partial-write"]);
-            clients.push(("libssl partial writes", partial, "dump-partial-write".into()));
+            clients.push((
+                "libssl partial writes",
+                partial,
+                "dump-partial-write".into(),
+            ));
             clients.push((
                 "python urllib",
                 stdlib(&base, "urllib", &["dump-urllib"]),
@@ -746,4 +750,99 @@ fn reassembly_is_byte_exact_against_what_the_server_saw() {
         }
         drop(server);
     }
+}
+
+/// A uretprobe another tool put on the function the agent probes for
+/// writes; removed on drop.
+struct ForeignReturnProbe {
+    name: &'static str,
+}
+
+impl ForeignReturnProbe {
+    fn add(path: &str, offset: &str) -> ForeignReturnProbe {
+        let name = "tokenscope_e2e/foreign_write_ret";
+        let events = "/sys/kernel/tracing/uprobe_events";
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(events)
+            .expect("uprobe_events");
+        // One write: tracefs parses each write(2) as a command.
+        f.write_all(format!("r:{name} {path}:{offset}\n").as_bytes())
+            .unwrap_or_else(|e| panic!("add a uretprobe at {path}:{offset}: {e}"));
+        std::fs::write(format!("/sys/kernel/tracing/events/{name}/enable"), "1")
+            .expect("enable the foreign uretprobe");
+        ForeignReturnProbe { name }
+    }
+}
+
+impl Drop for ForeignReturnProbe {
+    fn drop(&mut self) {
+        let _ = std::fs::write(
+            format!("/sys/kernel/tracing/events/{}/enable", self.name),
+            "0",
+        );
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .open("/sys/kernel/tracing/uprobe_events")
+        {
+            let _ = f.write_all(format!("-:{}\n", self.name).as_bytes());
+        }
+    }
+}
+
+#[test]
+fn a_write_repeated_after_a_full_socket_is_taken_once_beside_another_tools_return_probe() {
+    if !ebpf_available() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start(true, None);
+    let agent = Agent::start(&[]);
+    // Where the agent probes libssl's writes, from its log.
+    let log = agent.log_text();
+    let attached: Value = log
+        .lines()
+        .filter(|l| l.contains("tls_attached") && l.contains("libssl.so"))
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("libssl not attached; log:\n{}", tail(&log, 20)));
+    let path = attached["path"].as_str().expect("path field");
+    let offset = attached["write_offsets"]
+        .as_str()
+        .and_then(|o| o.split(',').next())
+        .unwrap_or_else(|| panic!("no write offset in {attached}"));
+    // Its return probe swaps the return address at each entry: the agent's
+    // test of "still inside the write" must see through it.
+    let _foreign = ForeignReturnProbe::add(path, offset);
+
+    let repeats = |agent: &Agent| {
+        metric(
+            agent,
+            "tokenscope_capture_kernel_total{counter=\"ssl_write_repeats\"}",
+        )
+    };
+    let before = repeats(&agent);
+    let models = ["beside-a-uretprobe"];
+    let pid = run_client(stdlib(&server.base(), "big", &models), "full socket");
+    calls_in_order(
+        &agent,
+        "a 200 KB prompt through a full socket",
+        pid,
+        &models,
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while repeats(&agent) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "no SSL write repeat was recognised beside another tool's return probe"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        metric(
+            &agent,
+            "tokenscope_streams_total{counter=\"decode_errors\"}"
+        ),
+        0.0,
+        "a repeated write left bytes the decoder could not read"
+    );
 }

@@ -51,6 +51,11 @@ pub fn kernel_offsets() -> Result<Offsets, BtfError> {
         file_private_data: file("private_data")?,
         socket_file: socket("file")?,
         socket_sk: socket("sk")?,
+        // Optional: only a check that tolerates other tools' return probes
+        // depends on them.
+        task_mm: task("mm").unwrap_or(0),
+        mm_xol_area: offset_of(&btf, "mm_struct", "xol_area").unwrap_or(0),
+        xol_vaddr: offset_of(&btf, "xol_area", "vaddr").unwrap_or(0),
         _pad: 0,
     })
 }

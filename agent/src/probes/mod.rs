@@ -411,6 +411,15 @@ impl Probes {
             read: plan.read,
             write: plan.write,
             library: tls::library_name(kind),
+            write_offsets: plan
+                .attachments
+                .iter()
+                .filter(|a| {
+                    tokenscope_common::ssl_cookie::decode(a.cookie).0
+                        == tokenscope_common::DIR_EGRESS
+                })
+                .map(|a| a.offset)
+                .collect(),
         })
     }
 }
@@ -545,6 +554,8 @@ pub struct SslAttach {
     pub read: placement::Placement,
     pub write: placement::Placement,
     pub library: &'static str,
+    /// File offsets of the write probes.
+    pub write_offsets: Vec<u64>,
 }
 
 /// Writes the include/exclude lists into the kernel's filter maps.
