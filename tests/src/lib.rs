@@ -186,6 +186,24 @@ impl Agent {
         body
     }
 
+    /// One Prometheus sample of the agent, by its full series text.
+    pub fn metric(&self, series: &str) -> f64 {
+        let metrics = self.get("/metrics");
+        let prefix = format!("{series} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in /metrics:\n{metrics}"))
+    }
+
+    /// A kernel-side counter, `tokenscope_capture_kernel_total{counter=name}`.
+    pub fn kernel_counter(&self, name: &str) -> u64 {
+        self.metric(&format!(
+            "tokenscope_capture_kernel_total{{counter=\"{name}\"}}"
+        )) as u64
+    }
+
     /// Records written so far.
     pub fn records(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(&self.events).unwrap_or_default();

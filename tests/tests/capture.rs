@@ -41,16 +41,6 @@ const SINK: &str = "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SO
 /// Sends 50 lines of 1 KiB that are not HTTP over one connection.
 const SENDER: &str = "import socket, time\nc=socket.create_connection(('127.0.0.1', 47123))\nfor i in range(50):\n    c.sendall(b'x' * 1023 + b'\\n'); time.sleep(0.01)\nc.close()\n";
 
-fn kernel_counter(agent: &Agent, name: &str) -> u64 {
-    let metrics = agent.get("/metrics");
-    let prefix = format!("tokenscope_capture_kernel_total{{counter=\"{name}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} counter in /metrics"))
-}
-
 fn assert_usage(r: &Value, input: u64, output: u64) {
     assert_eq!(r["input_tokens"], input, "{r:#}");
     assert_eq!(r["output_tokens"], output, "{r:#}");
@@ -162,7 +152,7 @@ fn plain_http_calls_are_decoded_on_both_sides_and_attributed() {
 
     // A connection that is not HTTP is muted in the kernel after its first
     // chunk: its later calls are counted as muted and never reach user space.
-    let muted_before = kernel_counter(&agent, "muted");
+    let muted_before = agent.kernel_counter("muted");
     let sink = Command::new("python3")
         .args(["-c", SINK])
         .stdout(std::process::Stdio::piped())
@@ -176,7 +166,7 @@ fn plain_http_calls_are_decoded_on_both_sides_and_attributed() {
         .expect("sender");
     assert!(sender.success());
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let muted = kernel_counter(&agent, "muted") - muted_before;
+    let muted = agent.kernel_counter("muted") - muted_before;
     assert!(muted >= 40, "only {muted} muted socket calls for 50 sends");
     let records = agent.records();
     assert!(by_pid(&records, sink.0.id(), "server").is_empty());

@@ -132,17 +132,6 @@ fn calls_in_order(agent: &Agent, what: &str, pid: u32, models: &[&str]) -> Vec<V
     mine
 }
 
-/// One Prometheus sample of the agent, by its full series text.
-fn metric(agent: &Agent, series: &str) -> f64 {
-    let metrics = agent.get("/metrics");
-    let prefix = format!("{series} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{metrics}"))
-}
-
 fn same_connection(records: &[Value]) -> bool {
     records
         .windows(2)
@@ -318,10 +307,7 @@ fn plain_keep_alive_a_200_chunk_stream_and_a_muted_connection() {
     // probes copy no byte past what each call moved (counters tick each second).
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
-        metric(
-            &agent,
-            "tokenscope_streams_total{counter=\"overrun_bytes\"}"
-        ),
+        agent.metric("tokenscope_streams_total{counter=\"overrun_bytes\"}"),
         0.0
     );
 
@@ -430,10 +416,9 @@ fn an_uninteresting_connection_is_muted_in_the_kernel(agent: &Agent) {
 
     const GETS: u64 = 1000;
     let kernel = |name: &str| {
-        metric(
-            agent,
-            &format!("tokenscope_capture_kernel_total{{counter=\"{name}\"}}"),
-        ) as u64
+        agent.metric(&format!(
+            "tokenscope_capture_kernel_total{{counter=\"{name}\"}}"
+        )) as u64
     };
     // Counters are published once a second. Other tests on the node mute
     // their own uninteresting connections: measure that rate first.
@@ -506,8 +491,8 @@ fn levels(agent: &Agent) -> Levels {
         .count();
     Levels {
         alive,
-        processes: metric(agent, "tokenscope_tracked_processes"),
-        connections: metric(agent, "tokenscope_open_connections"),
+        processes: agent.metric("tokenscope_tracked_processes"),
+        connections: agent.metric("tokenscope_open_connections"),
         conn_state: map_entries(pid, "CONN_STATE"),
         ssl_active: map_entries(pid, "SSL_ACTIVE"),
     }
@@ -815,10 +800,7 @@ fn a_write_repeated_after_a_full_socket_is_taken_once_beside_another_tools_retur
     let _foreign = ForeignReturnProbe::add(path, offset);
 
     let repeats = |agent: &Agent| {
-        metric(
-            agent,
-            "tokenscope_capture_kernel_total{counter=\"ssl_write_repeats\"}",
-        )
+        agent.metric("tokenscope_capture_kernel_total{counter=\"ssl_write_repeats\"}")
     };
     let before = repeats(&agent);
     let models = ["beside-a-uretprobe"];
@@ -838,10 +820,7 @@ fn a_write_repeated_after_a_full_socket_is_taken_once_beside_another_tools_retur
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(
-        metric(
-            &agent,
-            "tokenscope_streams_total{counter=\"decode_errors\"}"
-        ),
+        agent.metric("tokenscope_streams_total{counter=\"decode_errors\"}"),
         0.0,
         "a repeated write left bytes the decoder could not read"
     );

@@ -65,21 +65,11 @@ fn one(agent: &Agent, what: &str, pid: u32) -> Value {
     mine[0].clone()
 }
 
-fn kernel_counter(agent: &Agent, name: &str) -> u64 {
-    let metrics = agent.get("/metrics");
-    let prefix = format!("tokenscope_capture_kernel_total{{counter=\"{name}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} counter in /metrics"))
-}
-
 /// Waits for a kernel counter (published once a second) to reach `at_least`.
 fn wait_counter(agent: &Agent, name: &str, at_least: u64, what: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let value = kernel_counter(agent, name);
+        let value = agent.kernel_counter(name);
         if value >= at_least {
             return;
         }
@@ -171,8 +161,8 @@ fn go_crypto_tls_calls_are_captured_with_and_without_symbols() {
         let what = format!("{comm} wrapped");
         // Counters are published once a second: let the last link show.
         std::thread::sleep(std::time::Duration::from_millis(1500));
-        let links = kernel_counter(&agent, "go_fd_links");
-        let misses = kernel_counter(&agent, "go_fd_misses");
+        let links = agent.kernel_counter("go_fd_links");
+        let misses = agent.kernel_counter("go_fd_misses");
         let pid = run_client(bin, &base, "wrapped");
         let r = one(&agent, &what, pid);
         assert_eq!(r["tls"], "go", "{what}: {r:#}");
@@ -185,7 +175,7 @@ fn go_crypto_tls_calls_are_captured_with_and_without_symbols() {
         if type_checked {
             wait_counter(&agent, "go_fd_misses", misses + 1, &what);
             assert_eq!(
-                kernel_counter(&agent, "go_fd_links"),
+                agent.kernel_counter("go_fd_links"),
                 links,
                 "{what}: a conn that is not a *net.TCPConn was linked through a descriptor"
             );
@@ -195,8 +185,8 @@ fn go_crypto_tls_calls_are_captured_with_and_without_symbols() {
     }
     eprintln!(
         "go_fd_links {}, go_fd_misses {}",
-        kernel_counter(&agent, "go_fd_links"),
-        kernel_counter(&agent, "go_fd_misses")
+        agent.kernel_counter("go_fd_links"),
+        agent.kernel_counter("go_fd_misses")
     );
     let events = std::fs::read_to_string(&agent.events).expect("events");
     assert!(!events.contains("SECRET"), "an API key leaked");
