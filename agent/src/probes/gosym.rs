@@ -361,6 +361,17 @@ mod tests {
         Some(std::fs::read(out).unwrap())
     }
 
+    /// The test client built with and without symbols in a fresh directory
+    /// (removed with the guard); `None` where `go` is missing (see `build`).
+    fn full_and_stripped(tag: &str) -> Option<(RemoveOnDrop, Vec<u8>, Vec<u8>)> {
+        let dir = std::env::temp_dir().join(format!("tokenscope-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cleanup = RemoveOnDrop(dir.clone());
+        let full = build(&dir, false)?;
+        let stripped = build(&dir, true)?;
+        Some((cleanup, full, stripped))
+    }
+
     struct RemoveOnDrop(std::path::PathBuf);
     impl Drop for RemoveOnDrop {
         fn drop(&mut self) {
@@ -394,13 +405,7 @@ mod tests {
 
     #[test]
     fn symtab_and_gopclntab_agree_and_every_ret_is_found() {
-        let dir = std::env::temp_dir().join(format!("tokenscope-gosym-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let _cleanup = RemoveOnDrop(dir.clone());
-        let Some(full) = build(&dir, false) else {
-            return;
-        };
-        let Some(stripped) = build(&dir, true) else {
+        let Some((dir, full, stripped)) = full_and_stripped("gosym") else {
             return;
         };
         let from_symtab = plan(&full).unwrap();
@@ -427,7 +432,7 @@ mod tests {
             assert_eq!(stripped.get(*ret as usize), Some(&0xc3), "RET at {ret:#x}");
         }
         // Go's own disassembler counts the same RETs.
-        let binary = dir.join("full");
+        let binary = dir.0.join("full");
         assert_eq!(from_symtab.read_rets.len(), objdump_rets(&binary, READ));
         assert_eq!(from_symtab.write_rets.len(), objdump_rets(&binary, WRITE));
         // The entries are the functions' first bytes (symtab addresses).
@@ -457,13 +462,7 @@ mod tests {
         use super::super::goconn::LayoutSource;
         use tokenscope_common::go_conn;
 
-        let dir = std::env::temp_dir().join(format!("tokenscope-goconn-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let _cleanup = RemoveOnDrop(dir.clone());
-        let Some(full) = build(&dir, false) else {
-            return;
-        };
-        let Some(stripped) = build(&dir, true) else {
+        let Some((dir, full, stripped)) = full_and_stripped("goconn") else {
             return;
         };
         let full = plan(&full).unwrap();
@@ -486,7 +485,7 @@ mod tests {
             }
         );
         // The itab comes from the symbol table: gone when stripped.
-        assert_eq!(from_dwarf.tcp_itab, Some(nm_tcp_itab(&dir.join("full"))));
+        assert_eq!(from_dwarf.tcp_itab, Some(nm_tcp_itab(&dir.0.join("full"))));
         assert_eq!(from_table.tcp_itab, None);
         // Each entry's cookie points the kernel at the itab from its own address.
         for addr in [full.write_addr, full.read_addr] {

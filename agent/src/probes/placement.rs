@@ -108,14 +108,7 @@ pub fn plan(data: &[u8], source: u8) -> Result<Plan, PlacementError> {
                 if let Some((target, emulated)) = internal_target(&file, data, plain, ex) {
                     if let Some(offset) = file_offset(&file, target) {
                         let cookie = ssl_cookie::encode(dir, 3, source);
-                        for &ret in returns(dir) {
-                            attachments.push(Attachment {
-                                offset,
-                                ret,
-                                cookie,
-                                emulated,
-                            });
-                        }
+                        attachments.extend(probes(dir, offset, cookie, emulated));
                         return Placement::Internal;
                     }
                 }
@@ -135,14 +128,7 @@ pub fn plan(data: &[u8], source: u8) -> Result<Plan, PlacementError> {
             };
             let cookie = ssl_cookie::encode(dir, len_arg, source);
             let emulated = is_x86_64 && first_is_emulated(&file, data, func.addr);
-            for &ret in returns(dir) {
-                attachments.push(Attachment {
-                    offset,
-                    ret,
-                    cookie,
-                    emulated,
-                });
-            }
+            attachments.extend(probes(dir, offset, cookie, emulated));
         }
         Placement::Entry
     };
@@ -157,12 +143,18 @@ pub fn plan(data: &[u8], source: u8) -> Result<Plan, PlacementError> {
 
 /// Entry and return probes for a read; the entry alone for a write, whose
 /// buffer and length are known there (see `agent-ebpf/src/tls.rs`).
-fn returns(dir: u8) -> &'static [bool] {
-    if dir == DIR_EGRESS {
+fn probes(dir: u8, offset: u64, cookie: u64, emulated: bool) -> impl Iterator<Item = Attachment> {
+    let returns: &[bool] = if dir == DIR_EGRESS {
         &[false]
     } else {
         &[false, true]
-    }
+    };
+    returns.iter().map(move |&ret| Attachment {
+        offset,
+        ret,
+        cookie,
+        emulated,
+    })
 }
 
 /// Whether `func` calls `target` directly.
