@@ -161,7 +161,7 @@ fn without_capabilities_capture_is_impossible() {
     }
     let probes = assert_status(&report, "probes", "fail");
     assert!(probes.contains("Operation not permitted"), "{probes}");
-    for name in ["ring_buffer", "socket_programs", "uprobes"] {
+    for name in ["ring_buffer", "socket_programs", "uprobes", "go_uprobes"] {
         let detail = assert_status(&report, name, "fail");
         assert!(detail.contains("not tried"), "{name}: {detail}");
     }
@@ -175,7 +175,7 @@ fn without_capabilities_capture_is_impossible() {
     assert!(
         text.ends_with(
             "capture is NOT possible on this node \
-             (failed: probes, ring_buffer, socket_programs, uprobes)\n"
+             (failed: probes, ring_buffer, socket_programs, uprobes, go_uprobes)\n"
         ),
         "{text}"
     );
