@@ -3,7 +3,7 @@
 //! eBPF); under `CI=true` a machine that cannot run them fails them.
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -438,4 +438,42 @@ pub fn counter_in_map(agent_pid: u32, counter: tokenscope_common::Counter) -> u6
             other => panic!("counter value {other}"),
         })
         .sum()
+}
+
+/// A uretprobe such as another tool would put on a function the agent
+/// probes (a tracefs uprobe event, enabled); removed on drop.
+pub struct ForeignReturnProbe {
+    name: &'static str,
+}
+
+impl ForeignReturnProbe {
+    pub fn add(path: &str, offset: &str) -> ForeignReturnProbe {
+        let name = "tokenscope_e2e/foreign_write_ret";
+        let events = "/sys/kernel/tracing/uprobe_events";
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(events)
+            .expect("uprobe_events");
+        // One write: tracefs parses each write(2) as a command.
+        f.write_all(format!("r:{name} {path}:{offset}\n").as_bytes())
+            .unwrap_or_else(|e| panic!("add a uretprobe at {path}:{offset}: {e}"));
+        std::fs::write(format!("/sys/kernel/tracing/events/{name}/enable"), "1")
+            .expect("enable the foreign uretprobe");
+        ForeignReturnProbe { name }
+    }
+}
+
+impl Drop for ForeignReturnProbe {
+    fn drop(&mut self) {
+        let _ = std::fs::write(
+            format!("/sys/kernel/tracing/events/{}/enable", self.name),
+            "0",
+        );
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .open("/sys/kernel/tracing/uprobe_events")
+        {
+            let _ = f.write_all(format!("-:{}\n", self.name).as_bytes());
+        }
+    }
 }

@@ -737,44 +737,6 @@ fn reassembly_is_byte_exact_against_what_the_server_saw() {
     }
 }
 
-/// A uretprobe another tool put on the function the agent probes for
-/// writes; removed on drop.
-struct ForeignReturnProbe {
-    name: &'static str,
-}
-
-impl ForeignReturnProbe {
-    fn add(path: &str, offset: &str) -> ForeignReturnProbe {
-        let name = "tokenscope_e2e/foreign_write_ret";
-        let events = "/sys/kernel/tracing/uprobe_events";
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(events)
-            .expect("uprobe_events");
-        // One write: tracefs parses each write(2) as a command.
-        f.write_all(format!("r:{name} {path}:{offset}\n").as_bytes())
-            .unwrap_or_else(|e| panic!("add a uretprobe at {path}:{offset}: {e}"));
-        std::fs::write(format!("/sys/kernel/tracing/events/{name}/enable"), "1")
-            .expect("enable the foreign uretprobe");
-        ForeignReturnProbe { name }
-    }
-}
-
-impl Drop for ForeignReturnProbe {
-    fn drop(&mut self) {
-        let _ = std::fs::write(
-            format!("/sys/kernel/tracing/events/{}/enable", self.name),
-            "0",
-        );
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .append(true)
-            .open("/sys/kernel/tracing/uprobe_events")
-        {
-            let _ = f.write_all(format!("-:{}\n", self.name).as_bytes());
-        }
-    }
-}
-
 #[test]
 fn a_write_repeated_after_a_full_socket_is_taken_once_beside_another_tools_return_probe() {
     if !ebpf_available() {
