@@ -3,8 +3,11 @@
 //!
 //! A probe hit costs a trap, and a return probe a second one. A write's
 //! buffer and length are known at entry, so writes are taken there, with
-//! one trap. A read learns its byte count only on return: its entry saves
-//! the buffer and the return probe copies what was read.
+//! one trap. A read learns its byte count only on return: where the
+//! library's code allows it, one probe right after the record layer
+//! returned inside the read sees buffer and count together
+//! (`ssl_read_done`); elsewhere the entry saves the buffer and the return
+//! probe copies what was read.
 //!
 //! A write taken at entry is taken before the library has tried it. Two
 //! outcomes send the same bytes through a second call, and the second call
@@ -27,7 +30,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tokenscope_common::{
-    ssl_cookie, Counter, PendingWrite, SslCall, Tuple, WriteGuard, DIR_EGRESS, FLAG_TRUNCATED,
+    ssl_cookie, Counter, PendingWrite, SslCall, Tuple, WriteGuard, DIR_EGRESS, DIR_INGRESS,
+    FLAG_TRUNCATED,
 };
 
 use crate::{
@@ -53,6 +57,17 @@ pub fn ssl_enter(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn ssl_leave(ctx: RetProbeContext) -> u32 {
     leave(&ctx);
+    0
+}
+
+/// A read with one trap: inside the library's read function, right after
+/// its record layer returned (`ssl3_read_bytes` from `ssl3_read`), where the
+/// SSL object, the buffer and the `size_t *` byte count still sit in
+/// callee-saved registers; the cookie names them ([`ssl_cookie::Site`]).
+#[uprobe]
+pub fn ssl_read_done(ctx: ProbeContext) -> u32 {
+    let cookie = unsafe { aya_ebpf::helpers::generated::bpf_get_attach_cookie(ctx.as_ptr()) };
+    read_done(&ctx, cookie);
     0
 }
 
@@ -159,6 +174,47 @@ fn write_entered(pid_tgid: u64, ssl: u64, buf: u64, num: u64, sp: u64, ret_addr:
         let _ = WRITE_GUARD.insert(&ssl, &guard, 0);
     }
     capture(ssl, buf, num, DIR_EGRESS, source);
+}
+
+#[inline(always)]
+fn read_done(ctx: &ProbeContext, cookie: u64) {
+    count(Counter::SslCalls, 1);
+    let regs = unsafe { &*ctx.regs };
+    // The record layer returns 1 with the byte count stored, else nothing was read.
+    if regs.rax as i32 != 1 {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 == agent_tgid() {
+        return;
+    }
+    let flags = filters();
+    if flags != 0 && !process_allowed(flags) {
+        count(Counter::Filtered, 1);
+        return;
+    }
+    let saved = [regs.rbx, regs.rbp, regs.r12, regs.r13, regs.r14, regs.r15];
+    let pick = |index: u8| -> u64 {
+        match index {
+            0..=5 => saved[index as usize],
+            _ => 0,
+        }
+    };
+    let site = ssl_cookie::decode_site(cookie);
+    // `SSL_peek` shares the function: its bytes come again in a read.
+    if site.peek != ssl_cookie::NO_REGISTER && pick(site.peek) as u32 != 0 {
+        return;
+    }
+    let done = pick(site.done);
+    if done == 0 {
+        return;
+    }
+    let Ok(moved) = (unsafe { bpf_probe_read_user(done as *const u64) }) else {
+        count(Counter::ReadFailed, 1);
+        return;
+    };
+    let (_, _, source) = ssl_cookie::decode(cookie);
+    capture(pick(site.ssl), pick(site.buf), moved, DIR_INGRESS, source);
 }
 
 #[inline(always)]

@@ -69,6 +69,9 @@ pub mod names {
     pub const SSL_ENTER: &str = "ssl_enter";
     /// Return of the same function.
     pub const SSL_LEAVE: &str = "ssl_leave";
+    /// Inside the library's read, right after its record layer returned the
+    /// plaintext: a read with one trap (see [`super::ssl_cookie::Site`]).
+    pub const SSL_READ_DONE: &str = "ssl_read_done";
     /// Entry of Go's `crypto/tls.(*Conn).Write` (captures the plaintext).
     pub const GO_TLS_WRITE: &str = "go_tls_write";
     /// Entry of Go's `crypto/tls.(*Conn).Read` (saves the buffer).
@@ -94,6 +97,48 @@ pub mod ssl_cookie {
     /// (dir, len_arg, source)
     pub const fn decode(cookie: u64) -> (u8, u8, u8) {
         (cookie as u8, (cookie >> 8) as u8, (cookie >> 16) as u8)
+    }
+
+    /// `len_arg` of a read probed after its record layer returned: the
+    /// values live in callee-saved registers, named by a [`Site`].
+    pub const LEN_IN_REGISTERS: u8 = 0xfe;
+
+    /// Callee-saved registers a [`Site`] names, by index.
+    pub const SITE_REGISTERS: [&str; 6] = ["rbx", "rbp", "r12", "r13", "r14", "r15"];
+
+    /// No register: the peek flag is a constant zero at this site.
+    pub const NO_REGISTER: u8 = 0xf;
+
+    /// Where the values of a read lie at a probe placed right after the
+    /// library's record layer returned (`ssl3_read_bytes` called from
+    /// `ssl3_read`): indexes into [`SITE_REGISTERS`]. The byte count is
+    /// at the `size_t *` in `done`, valid when the call returned 1 (in rax).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Site {
+        pub ssl: u8,
+        pub buf: u8,
+        pub done: u8,
+        /// Non-zero for `SSL_peek`, whose bytes are read again later.
+        pub peek: u8,
+    }
+
+    /// Bits 0-23 as [`encode`] with [`LEN_IN_REGISTERS`]; bits 32-47 the
+    /// site's four register indexes, 4 bits each.
+    pub const fn encode_site(source: u8, site: Site) -> u64 {
+        encode(super::DIR_INGRESS, LEN_IN_REGISTERS, source)
+            | (site.ssl as u64 & 0xf) << 32
+            | (site.buf as u64 & 0xf) << 36
+            | (site.done as u64 & 0xf) << 40
+            | (site.peek as u64 & 0xf) << 44
+    }
+
+    pub const fn decode_site(cookie: u64) -> Site {
+        Site {
+            ssl: (cookie >> 32) as u8 & 0xf,
+            buf: (cookie >> 36) as u8 & 0xf,
+            done: (cookie >> 40) as u8 & 0xf,
+            peek: (cookie >> 44) as u8 & 0xf,
+        }
     }
 }
 

@@ -205,6 +205,18 @@ fn stdlib_and_node_fetch_over_tls_are_exact_and_attributed() {
     let r = calls_in_order(&agent, "node fetch over TLS", pid, &models);
     assert!(r.iter().all(|r| r["process"]["comm"] == "node"), "{r:#?}");
     assert!(r.iter().all(|r| r["tls"] == "openssl-embedded"), "{r:#?}");
+
+    // Those responses were read with one probe per SSL read, placed after
+    // the record layer call in libssl and in node (no entry/return pair).
+    let log = agent.log_text();
+    for file in ["libssl.so", "/node"] {
+        let attached: Value = log
+            .lines()
+            .filter(|l| l.contains("tls_attached") && l.contains(file))
+            .find_map(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("{file} not attached; log:\n{}", tail(&log, 20)));
+        assert_eq!(attached["read"], "record", "{attached}");
+    }
 }
 
 #[test]

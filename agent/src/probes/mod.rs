@@ -4,6 +4,7 @@ mod btf;
 pub mod goconn;
 pub mod gosym;
 pub mod placement;
+pub mod readsite;
 pub mod tls;
 
 use std::collections::HashMap as StdHashMap;
@@ -361,7 +362,7 @@ impl Probes {
     /// [`placement::plan`] puts them for this build.
     pub fn attach_ssl(&mut self, target: &std::path::Path) -> Result<SslAttach, ProbeError> {
         if !self.ssl_loaded {
-            for name in [names::SSL_ENTER, names::SSL_LEAVE] {
+            for name in [names::SSL_ENTER, names::SSL_LEAVE, names::SSL_READ_DONE] {
                 let prog: &mut UProbe = program(&mut self.ebpf, name)?;
                 prog.load()
                     .map_err(|source| prog_err(name, "load", source))?;
@@ -380,11 +381,7 @@ impl Probes {
         drop(data);
         let mut attached = 0;
         for a in &plan.attachments {
-            let name = if a.ret {
-                names::SSL_LEAVE
-            } else {
-                names::SSL_ENTER
-            };
+            let name = a.probe.program();
             let prog: &mut UProbe = program(&mut self.ebpf, name)?;
             let point = UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(a.offset),
@@ -395,7 +392,7 @@ impl Probes {
                 Err(source) => tracing::debug!(
                     target_path = %target.display(),
                     offset = a.offset,
-                    ret = a.ret,
+                    program = name,
                     error = %source,
                     "uprobe not attached"
                 ),
@@ -526,17 +523,18 @@ pub struct GoAttach {
     pub conn_error: Option<goconn::GoConnError>,
 }
 
-/// How often each library function (read or write) was probed on the
-/// internal function, and how often on the symbols' entries (the fallback).
-static SSL_PLACEMENTS: [std::sync::atomic::AtomicU64; 2] = [
+/// How often each library function (read or write) was probed after the
+/// record layer (reads), on the internal function, and on the symbols'
+/// entries (the fallback).
+static SSL_PLACEMENTS: [std::sync::atomic::AtomicU64; 3] = [
+    std::sync::atomic::AtomicU64::new(0),
     std::sync::atomic::AtomicU64::new(0),
     std::sync::atomic::AtomicU64::new(0),
 ];
 
 /// (placement, count) for every placement kind, for the metrics.
-pub fn ssl_placements() -> [(&'static str, u64); 2] {
-    use placement::Placement;
-    [Placement::Internal, Placement::Entry].map(|p| {
+pub fn ssl_placements() -> [(&'static str, u64); 3] {
+    placement::Placement::ALL.map(|p| {
         (
             p.as_str(),
             SSL_PLACEMENTS[p as usize].load(std::sync::atomic::Ordering::Relaxed),

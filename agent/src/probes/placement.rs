@@ -16,6 +16,10 @@
 //! the pattern does not hold (another build, BoringSSL, a tail call), the
 //! probes go on the exported symbols' entries instead and the fallback is
 //! counted.
+//!
+//! Reads first try [`readsite`]: one probe after the record layer call
+//! inside `ssl3_read`, where buffer and byte count are both known (one
+//! trap per read instead of an entry and a return).
 
 use std::collections::BTreeSet;
 
@@ -24,19 +28,42 @@ use iced_x86::{
     Register,
 };
 use object::{Object, ObjectSection, ObjectSymbol, SectionKind};
-use tokenscope_common::{ssl_cookie, DIR_EGRESS, DIR_INGRESS};
+use tokenscope_common::{names, ssl_cookie, DIR_EGRESS, DIR_INGRESS};
+
+use super::readsite;
 
 /// Most bytes of an exported wrapper decoded when looking for the call.
 const WRAPPER_BYTES: u64 = 512;
 
-/// One probe to attach: a file offset, entry or return, and its cookie.
+/// One probe to attach: a file offset, its program, and its cookie.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attachment {
     pub offset: u64,
-    pub ret: bool,
+    pub probe: Probe,
     pub cookie: u64,
     /// The kernel emulates the probed instruction (no single-step).
     pub emulated: bool,
+}
+
+/// Which program a probe runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// A function's entry (`ssl_enter`).
+    Enter,
+    /// A read's return (`ssl_leave`, a return probe).
+    Leave,
+    /// Inside a read, after the record layer returned (`ssl_read_done`).
+    ReadDone,
+}
+
+impl Probe {
+    pub fn program(self) -> &'static str {
+        match self {
+            Probe::Enter => names::SSL_ENTER,
+            Probe::Leave => names::SSL_LEAVE,
+            Probe::ReadDone => names::SSL_READ_DONE,
+        }
+    }
 }
 
 /// How one direction (read or write) is probed.
@@ -46,13 +73,18 @@ pub enum Placement {
     Internal = 0,
     /// The exported symbols' entries (the fallback).
     Entry = 1,
+    /// Reads: right after the record layer returned ([`readsite`]).
+    Record = 2,
 }
 
 impl Placement {
+    pub const ALL: [Placement; 3] = [Placement::Record, Placement::Internal, Placement::Entry];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Placement::Internal => "internal",
             Placement::Entry => "entry",
+            Placement::Record => "record",
         }
     }
 }
@@ -102,7 +134,28 @@ pub fn plan(data: &[u8], source: u8) -> Result<Plan, PlacementError> {
     }
 
     let mut attachments = Vec::new();
+    let record_reads = if read.is_some() || read_ex.is_some() {
+        readsite::read_sites(&file, data)
+    } else {
+        None
+    };
     let mut place = |dir: u8, plain: Option<Func>, ex: Option<Func>| -> Placement {
+        if dir == DIR_INGRESS {
+            if let Some(sites) = &record_reads {
+                let before = attachments.len();
+                attachments.extend(sites.iter().filter_map(|s| {
+                    Some(Attachment {
+                        offset: file_offset(&file, s.addr)?,
+                        probe: Probe::ReadDone,
+                        cookie: ssl_cookie::encode_site(source, s.site),
+                        emulated: true,
+                    })
+                }));
+                if attachments.len() > before {
+                    return Placement::Record;
+                }
+            }
+        }
         if is_x86_64 {
             if let (Some(plain), Some(ex)) = (plain, ex) {
                 if let Some((target, emulated)) = internal_target(&file, data, plain, ex) {
@@ -144,14 +197,14 @@ pub fn plan(data: &[u8], source: u8) -> Result<Plan, PlacementError> {
 /// Entry and return probes for a read; the entry alone for a write, whose
 /// buffer and length are known there (see `agent-ebpf/src/tls.rs`).
 fn probes(dir: u8, offset: u64, cookie: u64, emulated: bool) -> impl Iterator<Item = Attachment> {
-    let returns: &[bool] = if dir == DIR_EGRESS {
-        &[false]
+    let kinds: &[Probe] = if dir == DIR_EGRESS {
+        &[Probe::Enter]
     } else {
-        &[false, true]
+        &[Probe::Enter, Probe::Leave]
     };
-    returns.iter().map(move |&ret| Attachment {
+    kinds.iter().map(move |&probe| Attachment {
         offset,
-        ret,
+        probe,
         cookie,
         emulated,
     })
@@ -274,7 +327,12 @@ fn in_plt(file: &object::File<'_>, addr: u64) -> bool {
 
 /// `len` bytes of code at virtual address `addr`, if it lies in a section
 /// with file data.
-fn code_at<'d>(file: &object::File<'_>, data: &'d [u8], addr: u64, len: u64) -> Option<&'d [u8]> {
+pub(super) fn code_at<'d>(
+    file: &object::File<'_>,
+    data: &'d [u8],
+    addr: u64,
+    len: u64,
+) -> Option<&'d [u8]> {
     let offset = file_offset(file, addr)?;
     let section_end = file
         .sections()
@@ -314,25 +372,19 @@ mod tests {
     }
 
     #[test]
-    fn debian_libssl3_is_probed_on_its_internal_functions() {
+    fn debian_libssl3_reads_after_the_record_layer_and_writes_on_the_internal_function() {
         let Some(data) = system_libssl() else { return };
         let plan = plan(&data, SOURCE_TLS_OPENSSL).unwrap();
-        assert_eq!(plan.read, Placement::Internal, "{plan:?}");
+        assert_eq!(plan.read, Placement::Record, "{plan:?}");
         assert_eq!(plan.write, Placement::Internal, "{plan:?}");
-        // A read's entry and return, a write's entry, all on an emulated `push`.
-        assert_eq!(plan.attachments.len(), 3);
-        for dir in [DIR_INGRESS, DIR_EGRESS] {
-            let probes: Vec<_> = plan
-                .attachments
-                .iter()
-                .filter(|a| ssl_cookie::decode(a.cookie).0 == dir)
-                .collect();
-            let returns = probes.iter().filter(|a| a.ret).count();
-            assert_eq!(returns, usize::from(dir == DIR_INGRESS), "{plan:?}");
-            assert_eq!(probes.len() - returns, 1, "{plan:?}");
-        }
+        // Two read sites (the read and its retry), one write entry, no
+        // return probe: one trap per call either way.
+        let count = |p: Probe| plan.attachments.iter().filter(|a| a.probe == p).count();
+        assert_eq!(count(Probe::ReadDone), 2, "{plan:?}");
+        assert_eq!(count(Probe::Enter), 1, "{plan:?}");
+        assert_eq!(count(Probe::Leave), 0, "{plan:?}");
         assert!(plan.attachments.iter().all(|a| a.emulated), "{plan:?}");
-        // The internal function is not an exported symbol's entry.
+        // No probe on an exported symbol's entry.
         let file = object::File::parse(&*data).unwrap();
         let exported: Vec<u64> = file
             .dynamic_symbols()
@@ -342,48 +394,65 @@ mod tests {
         for a in &plan.attachments {
             assert!(!exported.contains(&a.offset), "{a:?} is an export");
             let (dir, len_arg, source) = ssl_cookie::decode(a.cookie);
-            assert!(dir == DIR_INGRESS || dir == DIR_EGRESS);
-            assert_eq!(len_arg, 3);
             assert_eq!(source, SOURCE_TLS_OPENSSL);
+            match a.probe {
+                Probe::ReadDone => {
+                    assert_eq!((dir, len_arg), (DIR_INGRESS, ssl_cookie::LEN_IN_REGISTERS))
+                }
+                _ => assert_eq!((dir, len_arg), (DIR_EGRESS, 3)),
+            }
         }
-        // The read and write functions differ.
-        let offsets: BTreeSet<u64> = plan.attachments.iter().map(|a| a.offset).collect();
-        assert_eq!(offsets.len(), 2, "{plan:?}");
     }
 
     #[test]
-    fn an_inlined_build_gets_the_entries_not_a_shared_helper() {
+    fn an_inlined_build_gets_the_write_entries_not_a_shared_helper() {
         // Node's OpenSSL inlines the internal functions into both wrappers,
         // which then share only helper calls (with their own arguments).
+        // Its reads still have record-layer sites.
         let Ok(data) = std::fs::read("/usr/bin/node") else {
             return;
         };
         let plan = plan(&data, tokenscope_common::SOURCE_TLS_OPENSSL_EMBEDDED).unwrap();
-        assert_eq!(plan.read, Placement::Entry, "{plan:?}");
+        assert_eq!(plan.read, Placement::Record, "{plan:?}");
         assert_eq!(plan.write, Placement::Entry, "{plan:?}");
-        // Four functions: the reads' entries and returns, the writes'
-        // entries. Node's entries are `push rbp`.
-        assert_eq!(plan.attachments.len(), 6);
+        // The writes' two entries (`push rbp`), two read sites.
+        assert_eq!(plan.attachments.len(), 4, "{plan:?}");
         assert!(plan.attachments.iter().all(|a| a.emulated), "{plan:?}");
-        assert!(
-            plan.attachments
-                .iter()
-                .all(|a| !a.ret || ssl_cookie::decode(a.cookie).0 == DIR_INGRESS),
-            "{plan:?}"
-        );
-        let cookies: Vec<_> = plan
+        assert!(plan.attachments.iter().all(|a| a.probe != Probe::Leave));
+        let writes: Vec<_> = plan
             .attachments
             .iter()
-            .map(|a| ssl_cookie::decode(a.cookie).1)
+            .filter(|a| a.probe == Probe::Enter)
+            .map(|a| ssl_cookie::decode(a.cookie))
             .collect();
-        assert_eq!(cookies.iter().filter(|l| **l == 3).count(), 3);
-        assert_eq!(
-            cookies
-                .iter()
-                .filter(|l| **l == ssl_cookie::LEN_RETURNED)
-                .count(),
-            3
-        );
+        let mut len_args: Vec<u8> = writes.iter().map(|c| c.1).collect();
+        len_args.sort();
+        assert_eq!(len_args, [3, ssl_cookie::LEN_RETURNED]);
+        assert!(writes.iter().all(|c| c.0 == DIR_EGRESS));
+    }
+
+    #[test]
+    fn without_record_layer_sites_reads_take_the_internal_function() {
+        // A build whose read path has not the record-layer shape falls back
+        // to the internal function's entry and return.
+        let Some(data) = system_libssl() else { return };
+        let file = object::File::parse(&*data).unwrap();
+        let func = |name: &str| {
+            let s = file
+                .dynamic_symbols()
+                .find(|s| s.name() == Ok(name))
+                .unwrap();
+            Func {
+                addr: s.address(),
+                size: s.size(),
+            }
+        };
+        let (target, emulated) =
+            internal_target(&file, &data, func("SSL_read"), func("SSL_read_ex")).unwrap();
+        assert!(emulated);
+        let attachments: Vec<_> = probes(DIR_INGRESS, target, 0, emulated).collect();
+        let kinds: Vec<_> = attachments.iter().map(|a| a.probe).collect();
+        assert_eq!(kinds, [Probe::Enter, Probe::Leave]);
     }
 
     #[test]
