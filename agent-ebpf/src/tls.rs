@@ -134,7 +134,14 @@ fn write_entered(pid_tgid: u64, ssl: u64, buf: u64, num: u64, sp: u64, ret_addr:
         linked: 0,
         _pad: [0; 7],
     };
-    let _ = PENDING_WRITE.insert(&pid_tgid, &pending, 0);
+    // The thread's entry is rewritten in place: an update would take a
+    // fresh element and free the old one on every write.
+    match PENDING_WRITE.get_ptr_mut(&pid_tgid) {
+        Some(slot) => unsafe { *slot = pending },
+        None => {
+            let _ = PENDING_WRITE.insert(&pid_tgid, &pending, 0);
+        }
+    }
     if num == 0 {
         return;
     }
