@@ -7,6 +7,12 @@
         asked to wait 500 ms before reading it: the socket fills, and over
         TLS the library's write fails (want-write) and is called again with
         the same bytes
+    stdlib_chat.py BASE forked MODEL...
+        two processes forked after start-up (as a pre-fork server's workers
+        are), each with its own keep-alive connection, calling in lockstep:
+        worker I calls MODEL-wI for each MODEL. Their heaps are copies, so
+        their SSL objects can sit at the same address. Prints the workers'
+        pids, one JSON list.
     stdlib_chat.py BASE http.client --before FILE MODEL...
         one call on a connection opened now, then "WAITING" on stdout; once FILE
         exists, the models on that same connection, then one more call
@@ -65,8 +71,37 @@ def call(conn, model):
     assert json.loads(data)["usage"]["prompt_tokens"] == 21
 
 
+def forked(base, models):
+    import multiprocessing
+
+    barrier = multiprocessing.get_context("fork").Barrier(2, timeout=20)
+    workers = []
+    for index in range(2):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                conn = connection(base)
+                conn.connect()
+                barrier.wait()
+                for model in models:
+                    call(conn, f"{model}-w{index}")
+                    barrier.wait()
+                conn.close()
+                code = 0
+            finally:
+                os._exit(code)
+        workers.append(pid)
+    print(json.dumps(workers), flush=True)
+    failed = [pid for pid in workers if os.waitpid(pid, 0)[1] != 0]
+    assert not failed, f"workers failed: {failed}"
+
+
 def main():
     base, mode, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+    if mode == "forked":
+        forked(base, args)
+        return 0
     if mode == "urllib":
         context = ssl._create_unverified_context()
         for model in args:

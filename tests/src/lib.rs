@@ -13,6 +13,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod clients;
 pub mod kube;
 
 /// The end-to-end tests watch the whole node: run them one at a time.

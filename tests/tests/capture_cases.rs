@@ -14,7 +14,7 @@ use std::{
 
 use serde_json::Value;
 use tokenscope_common::Counter;
-use tokenscope_tests::*;
+use tokenscope_tests::{clients::*, *};
 
 /// `tests/servers/fake_llm.py`, optionally logging every connection's bytes.
 struct Server {
@@ -48,32 +48,6 @@ impl Server {
     }
 }
 
-/// Runs a client to completion; returns its pid.
-fn run_client(mut cmd: Command, what: &str) -> u32 {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let pid = child.id();
-    let out = child.wait_with_output().expect("client output");
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    pid
-}
-
-fn stdlib(base: &str, mode: &str, models: &[&str]) -> Command {
-    let mut cmd = Command::new(python());
-    cmd.arg(root().join("tests/clients/stdlib_chat.py"))
-        .args([base, mode])
-        .args(models);
-    cmd
-}
-
 fn node_fetch(base: &str, models: &[&str]) -> Command {
     let mut cmd = Command::new("node");
     cmd.arg(root().join("tests/node/fetch_chat.mjs"))
@@ -97,39 +71,6 @@ fn curl() -> Command {
 
 fn chat_body(model: &str) -> String {
     format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi from {model}"}}]}}"#)
-}
-
-/// Waits for exactly `models.len()` client records of `pid` and checks they
-/// are those calls, in that order, each with the server's exact usage.
-fn calls_in_order(agent: &Agent, what: &str, pid: u32, models: &[&str]) -> Vec<Value> {
-    agent.wait_records(what, |r| by_pid(r, pid, "client").len() >= models.len());
-    // A late duplicate would show up here.
-    std::thread::sleep(Duration::from_millis(500));
-    let records = agent.records();
-    let mine: Vec<Value> = by_pid(&records, pid, "client")
-        .into_iter()
-        .cloned()
-        .collect();
-    let seen: Vec<&str> = mine
-        .iter()
-        .map(|r| r["request_model"].as_str().unwrap_or("?"))
-        .collect();
-    assert_eq!(seen, models, "{what}: one record per call, in order");
-    for pair in mine.windows(2) {
-        assert!(
-            pair[0]["start_time_unix_nano"].as_u64() < pair[1]["start_time_unix_nano"].as_u64(),
-            "{what}: records out of order: {pair:#?}"
-        );
-    }
-    for r in &mine {
-        assert_eq!(r["input_tokens"], 21, "{what}: {r:#}");
-        assert_eq!(r["output_tokens"], 7, "{what}: {r:#}");
-        assert_eq!(r["cache_read_input_tokens"], 4, "{what}: {r:#}");
-        assert_eq!(r["usage_source"], "reported", "{what}: {r:#}");
-        assert_eq!(r["http_status"], 200, "{what}: {r:#}");
-        assert_eq!(r["process"]["pid"], pid, "{what}: {r:#}");
-    }
-    mine
 }
 
 fn same_connection(records: &[Value]) -> bool {
@@ -161,12 +102,6 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
         .any(|w| w == needle.as_bytes())
-}
-
-fn python_comm(r: &Value) -> bool {
-    r["process"]["comm"]
-        .as_str()
-        .is_some_and(|c| c.starts_with("python"))
 }
 
 #[test]
@@ -216,6 +151,36 @@ fn stdlib_and_node_fetch_over_tls_are_exact_and_attributed() {
             .find_map(|l| serde_json::from_str(l).ok())
             .unwrap_or_else(|| panic!("{file} not attached; log:\n{}", tail(&log, 20)));
         assert_eq!(attached["read"], "record", "{attached}");
+    }
+}
+
+/// Workers forked from one process (a pre-fork server's, a process pool's)
+/// have copies of one heap: their SSL objects can sit at the same address
+/// at the same time. Each worker's calls must stay its own.
+#[test]
+fn forked_workers_with_twin_ssl_objects_keep_their_own_calls() {
+    if !ebpf_available() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start(true, None);
+    let agent = Agent::start(&[]);
+    let models = ["twin-1", "twin-2", "twin-3"];
+    let out = stdlib(&server.base(), "forked", &models)
+        .output()
+        .expect("forked client");
+    assert!(
+        out.status.success(),
+        "forked client failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let workers: Vec<u32> = serde_json::from_slice(&out.stdout).expect("worker pids");
+    for (index, pid) in workers.iter().enumerate() {
+        let mine: Vec<String> = models.iter().map(|m| format!("{m}-w{index}")).collect();
+        let mine: Vec<&str> = mine.iter().map(String::as_str).collect();
+        let r = calls_in_order(&agent, &format!("worker {index}"), *pid, &mine);
+        assert!(r.iter().all(|r| r["tls"] == "openssl"), "{r:#?}");
     }
 }
 
