@@ -32,15 +32,16 @@ const S_IFSOCK: u16 = 0o140000;
 /// programs with a million open files are not the case this serves).
 const MAX_FD: u64 = 1 << 20;
 
-/// Links `conn` to its socket unless it already is to one still open.
+/// Links the Go conn at `conn` (connection id `id`) to its socket unless it
+/// already is to one still open.
 #[inline(always)]
-pub fn link_by_fd(ctx: &ProbeContext, conn: u64) {
+pub fn link_by_fd(ctx: &ProbeContext, conn: u64, id: u64) {
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let Some((layout, itab_delta)) = go_conn::decode(cookie) else {
         return;
     };
     // Once per conn: an entry in CONN_STATE means the socket has not closed.
-    if let Some(sk) = unsafe { TLS_LINKED.get(&conn) } {
+    if let Some(sk) = unsafe { TLS_LINKED.get(&id) } {
         if let Some(state) = unsafe { CONN_STATE.get(sk) } {
             if state.verdict == VERDICT_CIPHER {
                 return;
@@ -48,7 +49,7 @@ pub fn link_by_fd(ctx: &ProbeContext, conn: u64) {
         }
     }
     match socket_of(ctx, conn, layout, itab_delta) {
-        Some(sk) if link_go_socket(conn, sk) => count(Counter::GoFdLinks, 1),
+        Some(sk) if link_go_socket(id, sk) => count(Counter::GoFdLinks, 1),
         _ => count(Counter::GoFdMisses, 1),
     }
 }

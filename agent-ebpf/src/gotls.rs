@@ -21,7 +21,7 @@
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::uprobe, programs::ProbeContext};
 use tokenscope_common::{
-    Counter, SslCall, Tuple, DIR_EGRESS, DIR_INGRESS, FLAG_TRUNCATED, SOURCE_TLS_GO,
+    tls_conn_id, Counter, SslCall, Tuple, DIR_EGRESS, DIR_INGRESS, FLAG_TRUNCATED, SOURCE_TLS_GO,
 };
 
 use crate::{
@@ -83,9 +83,10 @@ fn enter(ctx: &ProbeContext, dir: u8) {
         return;
     }
     let args = go_args(ctx);
-    link_by_fd(ctx, args.conn);
+    let conn = tls_conn_id(args.conn, tgid as u32);
+    link_by_fd(ctx, args.conn, conn);
     let active = SslCall {
-        ssl: args.conn,
+        ssl: conn,
         buf: args.buf,
         len_ptr: args.g,
         dir,
@@ -99,7 +100,7 @@ fn enter(ctx: &ProbeContext, dir: u8) {
     };
     let _ = GO_CALLS.insert(&[tgid, args.g], &saved, 0);
     if dir == DIR_EGRESS {
-        capture(args.conn, args.buf, args.len, dir);
+        capture(conn, args.buf, args.len, dir);
     }
 }
 

@@ -30,8 +30,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tokenscope_common::{
-    ssl_cookie, Counter, PendingWrite, SslCall, Tuple, WriteGuard, DIR_EGRESS, DIR_INGRESS,
-    FLAG_TRUNCATED,
+    ssl_cookie, tls_conn_id, Counter, PendingWrite, SslCall, Tuple, WriteGuard, DIR_EGRESS,
+    DIR_INGRESS, FLAG_TRUNCATED,
 };
 
 use crate::{
@@ -84,7 +84,7 @@ fn enter(ctx: &ProbeContext, cookie: u64) {
         return;
     }
     let (dir, len_arg, source) = ssl_cookie::decode(cookie);
-    let ssl: u64 = ctx.arg(0).unwrap_or(0);
+    let ssl = tls_conn_id(ctx.arg(0).unwrap_or(0), (pid_tgid >> 32) as u32);
     let buf: u64 = ctx.arg(1).unwrap_or(0);
     if dir == DIR_EGRESS {
         let num: u64 = ctx.arg(2).unwrap_or(0);
@@ -221,7 +221,8 @@ fn read_done(ctx: &ProbeContext, cookie: u64) {
         return;
     };
     let (_, _, source) = ssl_cookie::decode(cookie);
-    capture(pick(site.ssl), pick(site.buf), moved, DIR_INGRESS, source);
+    let ssl = tls_conn_id(pick(site.ssl), (pid_tgid >> 32) as u32);
+    capture(ssl, pick(site.buf), moved, DIR_INGRESS, source);
 }
 
 #[inline(always)]

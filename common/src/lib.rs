@@ -81,6 +81,15 @@ pub mod names {
     pub const GO_TLS_RET: &str = "go_tls_ret";
 }
 
+/// The connection id of a TLS conversation: the address of the library's
+/// connection object (an `SSL *`, a Go `*tls.Conn`) mixed with the process
+/// id. Addresses alone repeat across processes: workers forked from one
+/// process have copies of one heap, and Go heaps start at the same address
+/// in every process.
+pub const fn tls_conn_id(object: u64, tgid: u32) -> u64 {
+    object ^ (tgid as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 /// The attach cookie of the SSL probes: direction, where the byte count is
 /// written, and which TLS library the probe sits in.
 pub mod ssl_cookie {
