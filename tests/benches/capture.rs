@@ -12,7 +12,9 @@
 //! During each on-block `kernel.bpf_stats_enabled` is 1 and each program's
 //! `run_cnt` / `run_time_ns` (bpftool) is read before and after each
 //! workload; the setting is restored on exit. Stats add two clock reads per
-//! program run, which the on figures include.
+//! program run, which the criterion workloads' on figures include; the
+//! loads time themselves with stats off and take the eBPF figures from a
+//! second, shorter run.
 //!
 //! After each on-block the bench waits for the agent to drain its backlog and
 //! prints how many of the POSTs it decoded (two calls each, one per end) with
@@ -77,6 +79,14 @@ impl Workload {
             Workload::HttpPost => "http_post",
         }
     }
+}
+
+/// Turns `kernel.bpf_stats_enabled` on or off (the loads time themselves
+/// with it off: the two clock reads per program run it adds are not a cost
+/// of the agent).
+fn set_stats(on: bool) {
+    std::fs::write(BPF_STATS, if on { "1" } else { "0" })
+        .unwrap_or_else(|e| panic!("set {BPF_STATS}: {e}"));
 }
 
 /// Puts `kernel.bpf_stats_enabled` back as it was, also on a panic.
