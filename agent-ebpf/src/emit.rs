@@ -288,7 +288,8 @@ pub fn admit(
                 sent: 0,
                 received: 0,
                 born_ns: unsafe { bpf_ktime_get_ns() },
-                _pad: [0; 7],
+                linked: 0,
+                _pad: [0; 6],
             };
             let _ = CONN_STATE.insert(&conn_id, &state, 0);
         }

@@ -171,6 +171,17 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
             }
             count(Counter::Muted, 1);
             let pid_tgid = bpf_get_current_pid_tgid();
+            if unsafe { (*state).linked } != 0 {
+                // The link is made; a write's ciphertext still consumes the
+                // thread's pending write, so that it is never taken for
+                // another socket's record later.
+                if dir == DIR_EGRESS {
+                    if let Some(pending) = PENDING_WRITE.get_ptr_mut(&pid_tgid) {
+                        unsafe { (*pending).linked = 1 };
+                    }
+                }
+                return;
+            }
             if link_active_call(pid_tgid, sk) {
                 return;
             }
@@ -226,7 +237,8 @@ fn on_sock_call(ctx: &BtfTracePointContext, dir: u8) {
                 received: 0,
                 born_ns: unsafe { bpf_ktime_get_ns() },
                 verdict: VERDICT_MUTED,
-                _pad: [0; 7],
+                linked: 0,
+                _pad: [0; 6],
             };
             let _ = CONN_STATE.insert(&sk, &muted, 0);
             count(Counter::Filtered, 1);
@@ -442,10 +454,14 @@ fn link_tls(ssl: u64, sk: u64) {
         received: 0,
         born_ns: unsafe { bpf_ktime_get_ns() },
         verdict: VERDICT_CIPHER,
-        _pad: [0; 7],
+        linked: 1,
+        _pad: [0; 6],
     };
     match CONN_STATE.get_ptr_mut(&sk) {
-        Some(existing) => unsafe { (*existing).verdict = VERDICT_CIPHER },
+        Some(existing) => unsafe {
+            (*existing).verdict = VERDICT_CIPHER;
+            (*existing).linked = 1;
+        },
         None if !closed(sk) => {
             let _ = CONN_STATE.insert(&sk, &state, 0);
         }

@@ -378,7 +378,10 @@ pub struct ConnState {
     /// the connection: a younger entry is a new connection at a reused address.
     pub born_ns: u64,
     pub verdict: u8,
-    pub _pad: [u8; 7],
+    /// Ciphertext sockets: linked to their TLS conversation already (the
+    /// socket programs then only count its bytes).
+    pub linked: u8,
+    pub _pad: [u8; 6],
 }
 const _: () = assert!(core::mem::size_of::<ConnState>() == 40);
 
