@@ -26,9 +26,9 @@ use tokenscope_common::{
 
 use crate::{
     emit::{admit, begin, direct, lost_from, opens_request},
-    filter::process_allowed,
     gofd::link_by_fd,
-    maps::{agent_tgid, count, filters, CONN_STATE, GO_CALLS, SSL_ACTIVE},
+    maps::{agent_tgid, count, CONN_STATE, GO_CALLS, SSL_ACTIVE},
+    tls::traced_thread,
 };
 
 struct GoArgs {
@@ -72,16 +72,10 @@ pub fn go_tls_ret(ctx: ProbeContext) -> u32 {
 #[inline(always)]
 fn enter(ctx: &ProbeContext, dir: u8) {
     count(Counter::SslCalls, 1);
-    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(pid_tgid) = traced_thread() else {
+        return;
+    };
     let tgid = pid_tgid >> 32;
-    if tgid as u32 == agent_tgid() {
-        return;
-    }
-    let flags = filters();
-    if flags != 0 && !process_allowed(flags) {
-        count(Counter::Filtered, 1);
-        return;
-    }
     let args = go_args(ctx);
     let conn = tls_conn_id(args.conn, tgid as u32);
     link_by_fd(ctx, args.conn, conn);

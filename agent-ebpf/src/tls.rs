@@ -74,15 +74,9 @@ pub fn ssl_read_done(ctx: ProbeContext) -> u32 {
 #[inline(always)]
 fn enter(ctx: &ProbeContext, cookie: u64) {
     count(Counter::SslCalls, 1);
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if (pid_tgid >> 32) as u32 == agent_tgid() {
+    let Some(pid_tgid) = traced_thread() else {
         return;
-    }
-    let flags = filters();
-    if flags != 0 && !process_allowed(flags) {
-        count(Counter::Filtered, 1);
-        return;
-    }
+    };
     let (dir, len_arg, source) = ssl_cookie::decode(cookie);
     let ssl = tls_conn_id(ctx.arg(0).unwrap_or(0), (pid_tgid >> 32) as u32);
     let buf: u64 = ctx.arg(1).unwrap_or(0);
@@ -121,6 +115,22 @@ fn enter(ctx: &ProbeContext, cookie: u64) {
         _pad: [0; 6],
     };
     let _ = SSL_ACTIVE.insert(&pid_tgid, &call, 0);
+}
+
+/// The calling thread's pid_tgid, unless it is the agent's or its process
+/// is filtered out (counted).
+#[inline(always)]
+pub fn traced_thread() -> Option<u64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 == agent_tgid() {
+        return None;
+    }
+    let flags = filters();
+    if flags != 0 && !process_allowed(flags) {
+        count(Counter::Filtered, 1);
+        return None;
+    }
+    Some(pid_tgid)
 }
 
 #[inline(always)]
@@ -191,15 +201,9 @@ fn read_done(ctx: &ProbeContext, cookie: u64) {
     if regs.rax as i32 != 1 {
         return;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if (pid_tgid >> 32) as u32 == agent_tgid() {
+    let Some(pid_tgid) = traced_thread() else {
         return;
-    }
-    let flags = filters();
-    if flags != 0 && !process_allowed(flags) {
-        count(Counter::Filtered, 1);
-        return;
-    }
+    };
     let saved = [regs.rbx, regs.rbp, regs.r12, regs.r13, regs.r14, regs.r15];
     let pick = |index: u8| -> u64 {
         match index {

@@ -360,6 +360,17 @@ mod tests {
     use super::*;
     use tokenscope_common::SOURCE_TLS_OPENSSL;
 
+    fn exported(file: &object::File<'_>, name: &str) -> Func {
+        let s = file
+            .dynamic_symbols()
+            .find(|s| s.name() == Ok(name))
+            .unwrap();
+        Func {
+            addr: s.address(),
+            size: s.size(),
+        }
+    }
+
     fn system_libssl() -> Option<Vec<u8>> {
         let found = std::fs::read("/usr/lib/x86_64-linux-gnu/libssl.so.3").ok();
         if found.is_none() {
@@ -437,16 +448,7 @@ mod tests {
         // to the internal function's entry and return.
         let Some(data) = system_libssl() else { return };
         let file = object::File::parse(&*data).unwrap();
-        let func = |name: &str| {
-            let s = file
-                .dynamic_symbols()
-                .find(|s| s.name() == Ok(name))
-                .unwrap();
-            Func {
-                addr: s.address(),
-                size: s.size(),
-            }
-        };
+        let func = |name: &str| exported(&file, name);
         let (target, emulated) =
             internal_target(&file, &data, func("SSL_read"), func("SSL_read_ex")).unwrap();
         assert!(emulated);
@@ -459,16 +461,7 @@ mod tests {
     fn functions_that_share_no_internal_call_are_not_paired() {
         let Some(data) = system_libssl() else { return };
         let file = object::File::parse(&*data).unwrap();
-        let func = |name: &str| {
-            let s = file
-                .dynamic_symbols()
-                .find(|s| s.name() == Ok(name))
-                .unwrap();
-            Func {
-                addr: s.address(),
-                size: s.size(),
-            }
-        };
+        let func = |name: &str| exported(&file, name);
         // Read and write wrappers call different internals: no pairing, so
         // a build shaped like that gets the entry probes.
         assert!(internal_target(&file, &data, func("SSL_read"), func("SSL_write_ex")).is_none());
