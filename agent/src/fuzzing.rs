@@ -26,14 +26,43 @@ pub type Target = fn(&[u8]);
 
 /// Every target by name, as `agent/fuzz/Cargo.toml` names its binaries and
 /// `agent/fuzz/corpus/<name>/` holds its corpus.
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("http1", http1),
     ("http2", http2),
     ("sse", sse),
     ("ndjson", ndjson),
     ("providers", providers),
     ("calls", calls),
+    ("placement", placement),
 ];
+
+/// Probe placement reads any executable or library a node runs: it never
+/// panics, and a read site names only callee-saved registers.
+pub fn placement(input: &[u8]) {
+    use crate::probes::placement::{plan, Probe};
+    use tokenscope_common::ssl_cookie::{decode_site, NO_REGISTER, SITE_REGISTERS};
+    let Ok(plan) = plan(input, tokenscope_common::SOURCE_TLS_OPENSSL) else {
+        return;
+    };
+    let registers = SITE_REGISTERS.len() as u8;
+    for a in plan
+        .attachments
+        .iter()
+        .filter(|a| a.probe == Probe::ReadDone)
+    {
+        let site = decode_site(a.cookie);
+        assert!(
+            [site.ssl, site.buf, site.done]
+                .iter()
+                .all(|r| *r < registers),
+            "{site:?}"
+        );
+        assert!(
+            site.peek < registers || site.peek == NO_REGISTER,
+            "{site:?}"
+        );
+    }
+}
 
 /// One capture record: direction, whether it is a gap, and its bytes.
 pub type Record = (Direction, bool, Vec<u8>);

@@ -321,7 +321,7 @@ fn first_is_emulated(file: &object::File<'_>, data: &[u8], addr: u64) -> bool {
 fn in_plt(file: &object::File<'_>, addr: u64) -> bool {
     file.sections().any(|s| {
         s.name().is_ok_and(|n| n.starts_with(".plt"))
-            && (s.address()..s.address() + s.size()).contains(&addr)
+            && (s.address()..s.address().saturating_add(s.size())).contains(&addr)
     })
 }
 
@@ -336,7 +336,7 @@ pub(super) fn code_at<'d>(
     let offset = file_offset(file, addr)?;
     let section_end = file
         .sections()
-        .find(|s| (s.address()..s.address() + s.size()).contains(&addr))
+        .find(|s| (s.address()..s.address().saturating_add(s.size())).contains(&addr))
         .and_then(|s| s.file_range())
         .map(|(start, size)| start + size)?;
     let end = offset.checked_add(len)?.min(section_end);
@@ -348,10 +348,10 @@ pub fn file_offset(file: &object::File<'_>, addr: u64) -> Option<u64> {
     file.sections()
         .filter(|s| s.kind() == SectionKind::Text || s.kind() == SectionKind::Other)
         .chain(file.sections())
-        .find(|s| (s.address()..s.address() + s.size()).contains(&addr))
+        .find(|s| (s.address()..s.address().saturating_add(s.size())).contains(&addr))
         .and_then(|s| {
             let (start, _) = s.file_range()?;
-            Some(addr - s.address() + start)
+            (addr - s.address()).checked_add(start)
         })
 }
 

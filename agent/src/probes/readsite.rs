@@ -82,7 +82,7 @@ fn method_functions(file: &object::File<'_>, data: &[u8]) -> Option<BTreeSet<u64
     let relocated = relative_relocations(file, table, TABLE_WORDS * 8);
     let mut functions = BTreeSet::new();
     for word in 0..TABLE_WORDS {
-        let slot = table + word * 8;
+        let slot = table.wrapping_add(word * 8);
         let Some(target) = pointer_at(file, data, &relocated, slot) else {
             continue;
         };
@@ -126,7 +126,7 @@ fn relative_relocations(file: &object::File<'_>, start: u64, len: u64) -> HashMa
         return HashMap::new();
     };
     relocations
-        .filter(|(offset, _)| (start..start + len).contains(offset))
+        .filter(|(offset, _)| (start..start.saturating_add(len)).contains(offset))
         .filter_map(|(offset, r)| match r.flags() {
             RelocationFlags::Elf { r_type } if r_type == object::elf::R_X86_64_RELATIVE => {
                 Some((offset, r.addend() as u64))
@@ -155,7 +155,8 @@ fn pointer_at(
 
 fn is_code(file: &object::File<'_>, addr: u64) -> bool {
     file.sections().any(|s| {
-        s.kind() == SectionKind::Text && (s.address()..s.address() + s.size()).contains(&addr)
+        s.kind() == SectionKind::Text
+            && (s.address()..s.address().saturating_add(s.size())).contains(&addr)
     })
 }
 
