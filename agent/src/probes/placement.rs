@@ -338,7 +338,7 @@ pub(super) fn code_at<'d>(
         .sections()
         .find(|s| (s.address()..s.address().saturating_add(s.size())).contains(&addr))
         .and_then(|s| s.file_range())
-        .map(|(start, size)| start + size)?;
+        .and_then(|(start, size)| start.checked_add(size))?;
     let end = offset.checked_add(len)?.min(section_end);
     data.get(usize::try_from(offset).ok()?..usize::try_from(end).ok()?)
 }
