@@ -37,10 +37,12 @@ pub const TARGETS: [(&str, Target); 7] = [
 ];
 
 /// Probe placement reads any executable or library a node runs: it never
-/// panics, and a read site names only callee-saved registers.
+/// panics (OpenSSL's placement nor Go's), and a read site names only
+/// callee-saved registers.
 pub fn placement(input: &[u8]) {
     use crate::probes::placement::{plan, Probe};
     use tokenscope_common::ssl_cookie::{decode_site, NO_REGISTER, SITE_REGISTERS};
+    let _ = crate::probes::gosym::plan(input);
     let Ok(plan) = plan(input, tokenscope_common::SOURCE_TLS_OPENSSL) else {
         return;
     };

@@ -159,7 +159,7 @@ fn symtab_func(file: &object::File<'_>, name: &str) -> Option<Func> {
         .filter(|s| s.size() > 0)
         .map(|s| Func {
             addr: s.address(),
-            end: s.address() + s.size(),
+            end: s.address().saturating_add(s.size()),
         })
 }
 
@@ -167,7 +167,7 @@ fn symtab_func(file: &object::File<'_>, name: &str) -> Option<Func> {
 fn bytes_at<'a>(file: &object::File<'a>, addr: u64, len: u64) -> Option<&'a [u8]> {
     let section = file
         .sections()
-        .find(|s| (s.address()..s.address() + s.size()).contains(&addr))?;
+        .find(|s| (s.address()..s.address().saturating_add(s.size())).contains(&addr))?;
     let data = section.data().ok()?;
     let start = usize::try_from(addr - section.address()).ok()?;
     let end = start
