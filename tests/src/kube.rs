@@ -57,6 +57,9 @@ use serde_json::{json, Value};
 
 use crate::{agent_binary, free_port, Agent, Guard, TempDir};
 
+mod kind;
+pub use kind::Kind;
+
 /// The node the recorded pods run on (one pod in the fixture is on `node-b`).
 pub const NODE: &str = "node-a";
 
@@ -65,50 +68,6 @@ const POD_CRIO: &str = include_str!("../fixtures/k8s/pod-crio.json");
 const NAMESPACES: &str = include_str!("../fixtures/k8s/namespaces.json");
 const REPLICASETS: &str = include_str!("../fixtures/k8s/replicasets.json");
 const JOBS: &str = include_str!("../fixtures/k8s/jobs.json");
-
-/// The resources the agent watches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Kind {
-    Pod,
-    Namespace,
-    ReplicaSet,
-    Job,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Pod, Kind::Namespace, Kind::ReplicaSet, Kind::Job];
-
-    /// The collection's URL path (cluster-wide).
-    pub fn path(self) -> &'static str {
-        match self {
-            Kind::Pod => "/api/v1/pods",
-            Kind::Namespace => "/api/v1/namespaces",
-            Kind::ReplicaSet => "/apis/apps/v1/replicasets",
-            Kind::Job => "/apis/batch/v1/jobs",
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Pod => "Pod",
-            Kind::Namespace => "Namespace",
-            Kind::ReplicaSet => "ReplicaSet",
-            Kind::Job => "Job",
-        }
-    }
-
-    fn api_version(self) -> &'static str {
-        match self {
-            Kind::Pod | Kind::Namespace => "v1",
-            Kind::ReplicaSet => "apps/v1",
-            Kind::Job => "batch/v1",
-        }
-    }
-
-    fn of_path(path: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.path() == path)
-    }
-}
 
 /// The list objects (`PodList`, ...) the server starts from.
 #[derive(Clone, Debug)]
