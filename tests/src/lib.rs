@@ -181,6 +181,17 @@ impl Agent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The agent's `tls_attached` log line for the file whose path contains
+    /// `file` (its probe placement), as JSON; panics with the log's tail if
+    /// there is none.
+    pub fn tls_attached(&self, file: &str) -> Value {
+        let log = self.log_text();
+        log.lines()
+            .filter(|l| l.contains("tls_attached") && l.contains(file))
+            .find_map(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("{file} not attached; log:\n{}", tail(&log, 20)))
+    }
+
     pub fn get(&self, path: &str) -> String {
         let (code, body) = http_get(self.port, path).expect("agent answers");
         assert_eq!(code, 200, "{path}: {body}");

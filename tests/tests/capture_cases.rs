@@ -143,13 +143,8 @@ fn stdlib_and_node_fetch_over_tls_are_exact_and_attributed() {
 
     // Those responses were read with one probe per SSL read, placed after
     // the record layer call in libssl and in node (no entry/return pair).
-    let log = agent.log_text();
     for file in ["libssl.so", "/node"] {
-        let attached: Value = log
-            .lines()
-            .filter(|l| l.contains("tls_attached") && l.contains(file))
-            .find_map(|l| serde_json::from_str(l).ok())
-            .unwrap_or_else(|| panic!("{file} not attached; log:\n{}", tail(&log, 20)));
+        let attached = agent.tls_attached(file);
         assert_eq!(attached["read"], "record", "{attached}");
     }
 }
@@ -723,12 +718,7 @@ fn a_write_repeated_after_a_full_socket_is_taken_once_beside_another_tools_retur
     let server = Server::start(true, None);
     let agent = Agent::start(&[]);
     // Where the agent probes libssl's writes, from its log.
-    let log = agent.log_text();
-    let attached: Value = log
-        .lines()
-        .filter(|l| l.contains("tls_attached") && l.contains("libssl.so"))
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("libssl not attached; log:\n{}", tail(&log, 20)));
+    let attached = agent.tls_attached("libssl.so");
     let path = attached["path"].as_str().expect("path field");
     let offset = attached["write_offsets"]
         .as_str()
